@@ -1,0 +1,1 @@
+"""Built-in backends (installed as ``pjcore.contrib``)."""

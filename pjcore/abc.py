@@ -1,0 +1,273 @@
+"""Interfaces of the swappable parts. Backends subclass these.
+
+The docstrings are the contract: :mod:`pjcore.testing` checks every point of
+it, and a third-party backend that passes that suite can replace the default.
+"""
+
+from __future__ import annotations
+
+from abc import ABCMeta, abstractmethod
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from pjcore.manifest import JobDeclaration
+    from pjcore.models import Job, JobRun, RunPage, RunStatus, RunTrigger, SyncResult
+
+__all__ = ["JobStore"]
+
+
+class JobStore(metaclass=ABCMeta):
+    """Persistent jobs and runs.
+
+    General rules for every implementation:
+
+    * Every instant given to or returned by a store is timezone-aware; stores
+      return UTC. Every method that writes takes ``now``, the instant the
+      caller's clock reads, so schedulers can run on an injected clock.
+    * Each method is atomic: it applies completely or not at all, and a
+      concurrent caller (another thread, another process on the same
+      database) never sees half of it.
+    * Identifiers are opaque strings. A store never interprets them, and never
+      puts them into SQL text (parameters only).
+    * Lookups of something that does not exist return ``None`` (``get_*``)
+      or raise :class:`~pjcore.exceptions.JobLookupError` /
+      :class:`~pjcore.exceptions.RunLookupError` (commands).
+    * Database failures are raised as :class:`~pjcore.exceptions.StoreError`.
+    """
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections. Idempotent. The store is unusable afterwards."""
+
+    def __enter__(self) -> "JobStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- jobs ----------------------------------------------------------------
+
+    @abstractmethod
+    def sync_jobs(
+        self,
+        plugin_id: str,
+        plugin_key: str,
+        declarations: Sequence["JobDeclaration"],
+        *,
+        now: datetime,
+    ) -> "SyncResult":
+        """Make the plugin's stored jobs match its manifest, in one transaction.
+
+        * A declaration with no stored job is inserted ``active``, with
+          ``next_run_at`` the first fire time after *now* (``None`` when it
+          has no schedule).
+        * A stored job whose declaration changed gets the new fields. If its
+          schedule or timezone changed and it is active, ``next_run_at`` is
+          recomputed from *now* (the old pointer is never kept).
+        * A stored job missing from *declarations* that is active is paused
+          with ``paused_by=manifest`` and a reason saying it left the
+          manifest; ``next_run_at`` becomes ``None``; its runs are kept.
+          An empty *declarations* pauses every job of the plugin.
+        * A job paused by the manifest that is declared again becomes active,
+          with ``next_run_at`` computed from *now*.
+        * A job paused by an operator stays paused (its fields are updated).
+        * An active, unchanged job keeps its ``next_run_at``: missed slots
+          are the scheduler's business (misfire policy), not the sync's.
+
+        Declarations are assumed valid (a :class:`~pjcore.manifest.Manifest`
+        validated them). Calling it twice with the same input changes nothing
+        the second time.
+
+        :return: the job keys inserted, updated, paused, reactivated, unchanged.
+        """
+
+    @abstractmethod
+    def list_jobs(
+        self, plugin_id: str | None = None, *, status: str | None = None
+    ) -> list["Job"]:
+        """Jobs of one plugin (or of all when *plugin_id* is None), optionally
+        of one status, ordered by ``(plugin_key, job_key)``."""
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> "Job | None":
+        """The job with this id, or ``None``."""
+
+    @abstractmethod
+    def get_job_by_key(self, plugin_id: str, job_key: str) -> "Job | None":
+        """The job of *plugin_id* with this key, or ``None``."""
+
+    @abstractmethod
+    def get_job_for_plugin(self, plugin_id: str, job_id: str) -> "Job | None":
+        """The job with this id if it belongs to *plugin_id*; ``None`` otherwise,
+        including when the id belongs to another plugin."""
+
+    @abstractmethod
+    def pause_job(self, job_id: str, *, reason: str | None = None, now: datetime) -> "Job":
+        """Operator pause: ``status=paused``, ``paused_by=operator``, the
+        reason kept, ``next_run_at=None``. Pausing a paused job makes it
+        operator-paused (so a later sync will not resume it).
+
+        :raises JobLookupError: no such job.
+        :return: the updated job.
+        """
+
+    @abstractmethod
+    def resume_job(self, job_id: str, *, now: datetime) -> "Job":
+        """Operator resume: ``status=active``, ``next_run_at`` the first fire
+        time after *now*; slots missed while paused are not run. Resuming an
+        active job changes nothing.
+
+        :raises JobLookupError: no such job.
+        :raises JobStateError: the job was paused because its manifest no
+            longer declares it.
+        :return: the updated job.
+        """
+
+    @abstractmethod
+    def set_next_run(
+        self,
+        job_id: str,
+        *,
+        expected: datetime | None,
+        next_run_at: datetime | None,
+        last_run_at: datetime | None = None,
+        now: datetime,
+    ) -> bool:
+        """Compare-and-set the schedule pointer.
+
+        Applies only if the job exists, is active and its ``next_run_at`` still
+        equals *expected* (the value the caller read); otherwise nothing is
+        written. *last_run_at*, when given, is stored as well.
+
+        :return: whether it applied.
+        """
+
+    @abstractmethod
+    def due_jobs(self, now: datetime, *, limit: int = 100) -> list["Job"]:
+        """Active jobs whose ``next_run_at <= now``, oldest due first
+        (ties broken by id), at most *limit*."""
+
+    @abstractmethod
+    def next_due_at(self) -> datetime | None:
+        """The earliest ``next_run_at`` of any active job, or ``None``."""
+
+    @abstractmethod
+    def delete_plugin(self, plugin_id: str) -> int:
+        """Delete every job and run of the plugin, in one transaction.
+
+        :return: the number of jobs deleted.
+        """
+
+    # -- runs ----------------------------------------------------------------
+
+    @abstractmethod
+    def create_run(
+        self,
+        job_id: str,
+        *,
+        trigger: "RunTrigger | str",
+        now: datetime,
+        scheduled_for: datetime | None = None,
+        exclusive: bool = True,
+    ) -> "JobRun":
+        """Record a new run, ``queued``, ``created_at=now``.
+
+        :param scheduled_for: the slot this run fills. At most one run per
+            ``(job, scheduled_for)`` ever exists.
+        :param exclusive: refuse when the job has a run that is ``queued`` or
+            ``running`` (runs of one job never overlap). The check and the
+            insert are one atomic step, also across processes.
+        :raises JobLookupError: no such job.
+        :raises JobAlreadyRunning: *exclusive* and a non-terminal run exists.
+        :raises SlotAlreadyClaimed: a run for this slot already exists.
+        """
+
+    @abstractmethod
+    def mark_running(
+        self,
+        run_id: str,
+        *,
+        now: datetime,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> bool:
+        """``queued`` -> ``running``, ``started_at=now``. A run in any other
+        status is left alone (a cancelled run never becomes running).
+
+        :return: whether it applied (``False`` also for an unknown id).
+        """
+
+    @abstractmethod
+    def complete_run(
+        self,
+        run_id: str,
+        *,
+        status: "RunStatus | str",
+        now: datetime,
+        error: str | None = None,
+        error_detail: str | None = None,
+    ) -> bool:
+        """``queued``/``running`` -> a terminal *status*, ``finished_at=now``,
+        ``duration_ms`` from ``started_at`` (``None`` if it never started).
+        A terminal status is never overwritten.
+
+        :raises ValueError: *status* is not terminal.
+        :return: whether it applied.
+        """
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> "JobRun | None":
+        """The run with this id, or ``None``."""
+
+    @abstractmethod
+    def list_runs(
+        self,
+        *,
+        plugin_id: str | None = None,
+        job_id: str | None = None,
+        status: "RunStatus | str | None" = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> "RunPage":
+        """Runs newest first: by ``created_at`` descending, ties by id
+        descending, so the order is total and stable.
+
+        :param cursor: ``next_cursor`` of the previous page; the next page
+            starts strictly after the last run of that page, so runs created
+            meanwhile never shift or repeat entries.
+        :param limit: 1 to 1000.
+        :raises ValueError: bad *limit* or malformed *cursor*.
+        """
+
+    @abstractmethod
+    def cancel_runs(
+        self,
+        plugin_id: str,
+        *,
+        reason: str,
+        now: datetime,
+        job_id: str | None = None,
+    ) -> list[str]:
+        """Mark every ``queued``/``running`` run of the plugin (or of one of
+        its jobs) ``cancelled`` with *reason* as its error.
+
+        :return: the ids of the runs cancelled.
+        """
+
+    @abstractmethod
+    def prune_runs(
+        self,
+        *,
+        now: datetime,
+        max_age: timedelta | None = None,
+        keep_per_job: int | None = None,
+    ) -> int:
+        """Delete terminal runs created before ``now - max_age``, and terminal
+        runs beyond the newest *keep_per_job* of each job. Non-terminal runs
+        are never pruned.
+
+        :return: the number of runs deleted.
+        """

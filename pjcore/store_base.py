@@ -1,0 +1,207 @@
+"""Plumbing shared by job store implementations (not part of the contract).
+
+Third-party stores may subclass :class:`BaseJobStore` to reuse the sync
+planning and the cursor format; nothing requires it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import attrs
+
+from pjcore import cron
+from pjcore.abc import JobStore
+from pjcore.manifest import JobDeclaration
+from pjcore.models import Job, JobStatus, PausedBy, RunStatus
+
+__all__ = ["BaseJobStore", "JobChange", "SyncPlan", "new_id", "plan_sync"]
+
+MAX_PAGE = 1000
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def first_fire(decl_schedule: str | None, tz: str, now: datetime) -> datetime | None:
+    if not decl_schedule:
+        return None
+    return cron.next_after(decl_schedule, now, tz)
+
+
+@attrs.frozen(kw_only=True)
+class JobChange:
+    """Fields to write on one existing job (only those listed in ``values``)."""
+
+    job_id: str
+    job_key: str
+    values: dict[str, Any]
+    kind: str  # "updated", "paused", "reactivated"
+
+
+@attrs.frozen(kw_only=True)
+class SyncPlan:
+    inserts: tuple[Job, ...]
+    changes: tuple[JobChange, ...]
+    unchanged: tuple[str, ...]
+
+    def result(self):
+        from pjcore.models import SyncResult
+
+        def keys(kind: str) -> tuple[str, ...]:
+            return tuple(c.job_key for c in self.changes if c.kind == kind)
+
+        return SyncResult(
+            inserted=tuple(j.job_key for j in self.inserts),
+            updated=keys("updated"),
+            paused=keys("paused"),
+            reactivated=keys("reactivated"),
+            unchanged=self.unchanged,
+        )
+
+
+def plan_sync(
+    plugin_id: str,
+    plugin_key: str,
+    existing: Sequence[Job],
+    declarations: Sequence[JobDeclaration],
+    now: datetime,
+) -> SyncPlan:
+    """Compute what :meth:`JobStore.sync_jobs` must write; a pure function."""
+    by_key = {j.job_key: j for j in existing}
+    declared = set()
+    inserts: list[Job] = []
+    changes: list[JobChange] = []
+    unchanged: list[str] = []
+    for decl in declarations:
+        declared.add(decl.job_key)
+        job = by_key.get(decl.job_key)
+        if job is None:
+            inserts.append(
+                Job(
+                    id=new_id(),
+                    plugin_id=plugin_id,
+                    plugin_key=plugin_key,
+                    job_key=decl.job_key,
+                    display_name=decl.display_name,
+                    description=decl.description,
+                    schedule=decl.schedule,
+                    timezone=decl.timezone,
+                    policy=decl.policy,
+                    status=JobStatus.active,
+                    next_run_at=first_fire(decl.schedule, decl.timezone, now),
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            continue
+        values: dict[str, Any] = {}
+        for field in ("display_name", "description", "schedule", "timezone", "policy"):
+            if getattr(job, field) != getattr(decl, field):
+                values[field] = getattr(decl, field)
+        if job.plugin_key != plugin_key:
+            values["plugin_key"] = plugin_key
+        kind = "updated"
+        timing_changed = "schedule" in values or "timezone" in values
+        if job.status is JobStatus.paused and job.paused_by is PausedBy.manifest:
+            kind = "reactivated"
+            values.update(status=JobStatus.active, paused_by=None, status_reason=None)
+            values["next_run_at"] = first_fire(decl.schedule, decl.timezone, now)
+        elif job.status is JobStatus.active and timing_changed:
+            values["next_run_at"] = first_fire(decl.schedule, decl.timezone, now)
+        elif job.status is JobStatus.active and decl.schedule and job.next_run_at is None:
+            # e.g. a pointer lost to an earlier crash: an active scheduled job
+            # must always have one
+            values["next_run_at"] = first_fire(decl.schedule, decl.timezone, now)
+        if values:
+            values["updated_at"] = now
+            changes.append(JobChange(job_id=job.id, job_key=job.job_key, values=values, kind=kind))
+        else:
+            unchanged.append(job.job_key)
+    for job in existing:
+        if job.job_key in declared:
+            continue
+        if job.status is JobStatus.active:
+            changes.append(
+                JobChange(
+                    job_id=job.id,
+                    job_key=job.job_key,
+                    kind="paused",
+                    values=dict(
+                        status=JobStatus.paused,
+                        paused_by=PausedBy.manifest,
+                        status_reason=f"no longer declared in the manifest of plugin {plugin_key!r}",
+                        next_run_at=None,
+                        updated_at=now,
+                    ),
+                )
+            )
+        else:
+            unchanged.append(job.job_key)
+    return SyncPlan(inserts=tuple(inserts), changes=tuple(changes), unchanged=tuple(unchanged))
+
+
+def encode_cursor(created_at: datetime, run_id: str) -> str:
+    micros = to_micros(created_at)
+    return f"{micros}:{run_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    if not isinstance(cursor, str):
+        raise ValueError(f"malformed cursor {cursor!r}")
+    head, sep, run_id = cursor.partition(":")
+    if not sep or not run_id or not head.lstrip("-").isdigit() or len(cursor) > 200:
+        raise ValueError(f"malformed cursor {cursor[:60]!r}")
+    return int(head), run_id
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_micros(value: datetime) -> int:
+    """An aware instant as integer microseconds since the epoch (UTC)."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    from datetime import timedelta
+
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be an integer between 1 and {MAX_PAGE}, not {limit!r}")
+    return limit
+
+
+def terminal_status(status: RunStatus | str) -> RunStatus:
+    status = RunStatus(status)
+    if not status.terminal:
+        raise ValueError(f"complete_run needs a terminal status, not {status.value!r}")
+    return status
+
+
+def duration_ms(started_at: datetime | None, now: datetime) -> int | None:
+    if started_at is None:
+        return None
+    return max(0, int((now - started_at).total_seconds() * 1000))
+
+
+class BaseJobStore(JobStore):
+    """Optional base with the helpers above bound as static methods."""
+
+    plan_sync = staticmethod(plan_sync)
+    encode_cursor = staticmethod(encode_cursor)
+    decode_cursor = staticmethod(decode_cursor)
+    check_limit = staticmethod(check_limit)
+    terminal_status = staticmethod(terminal_status)
+    duration_ms = staticmethod(duration_ms)
+    new_id = staticmethod(new_id)
+    first_fire = staticmethod(first_fire)
