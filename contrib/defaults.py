@@ -19,7 +19,21 @@ def _peewee_store(url: str | None = None, **options: Any):
     return PeeweeJobStore(url or "sqlite:///pjcore.db", **options)
 
 
-@hookimpl
+def _thread_scheduler(**options: Any):
+    from pjcore.contrib.scheduler import ThreadScheduler
+
+    return ThreadScheduler(**options)
+
+
+def _thread_runner(**options: Any):
+    from pjcore.contrib.runner import ThreadRunner
+
+    return ThreadRunner(**options)
+
+
+@hookimpl(trylast=True)
 def register_backends(register):
     register("store", "peewee", _peewee_store)
     register("store", "memory", _memory_store)
+    register("scheduler", "thread", _thread_scheduler)
+    register("runner", "thread", _thread_runner)

@@ -16,7 +16,7 @@ Four groups:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import pluggy
 
@@ -35,6 +35,7 @@ __all__ = [
     "plugin_unloaded",
     "register_backends",
     "register_job_handlers",
+    "register_manifests",
     "run_finished",
     "run_started",
 ]
@@ -89,14 +90,18 @@ def plugin_unloaded(plugin_id: str, plugin_key: str, remove_data: bool) -> None:
 def register_backends(register: "RegisterBackend") -> None:
     """Register named backend factories.
 
-    Called once when the plugin manager is built. Call
+    Called when the plugin manager is built, and again whenever a plugin is
+    registered or unregistered later, so it must do nothing but register. Call
     ``register(kind, name, factory)`` once per backend, where *kind* is
     ``"store"``, ``"scheduler"`` or ``"runner"`` and *factory* is a callable
     whose keyword arguments are the backend's options (for a store:
     ``factory(url=..., **options)`` returning a :class:`~pjcore.abc.JobStore`).
-    A host selects a backend by ``(kind, name)``. Registering a name that
-    another plugin already registered raises
-    :class:`~pjcore.exceptions.RegistrationConflict`. Returns nothing.
+    A host selects a backend by ``(kind, name)``. Registering a name that is
+    already registered, or an unknown *kind*, raises
+    :class:`~pjcore.exceptions.RegistrationConflict`; for a plugin loaded
+    from an entry point that is a load failure (the plugin is skipped, or
+    :class:`~pjcore.exceptions.PluginLoadError` in strict mode). Returns
+    nothing.
     """
 
 
@@ -107,12 +112,30 @@ def register_backends(register: "RegisterBackend") -> None:
 def register_job_handlers(register: "RegisterHandler") -> None:
     """Provide the code of jobs.
 
-    Called once when the plugin manager is built, in every process that builds
-    one, so a runner in another process finds the same handlers by loading the
-    same entry points. Call ``register(plugin_key, job_key, handler)`` once per
+    Called when the plugin manager is built (and again whenever a plugin is
+    registered or unregistered later, so it must do nothing but register), in
+    every process that builds one, so a runner in another process finds the
+    same handlers by loading the same entry points. Call ``register(plugin_key, job_key, handler)`` once per
     job; *handler* is a function or ``async def`` function taking one argument,
     the run's :class:`~pjcore.context.JobContext` (defined by the engine).
     Registering the same ``(plugin_key, job_key)`` twice raises
+    :class:`~pjcore.exceptions.RegistrationConflict` (a load failure for a
+    plugin loaded from an entry point, as in :func:`register_backends`).
+    Returns nothing.
+    """
+
+
+@hookspec
+def register_manifests(register: "Callable[[Manifest | Mapping[str, Any]], None]") -> None:
+    """Declare the manifest of a plugin that ships its own jobs.
+
+    Called when the plugin manager is built (and again whenever plugins
+    change), so it must only register. Call ``register(manifest)`` with a
+    :class:`~pjcore.manifest.Manifest` or its dict form. Hosts that own
+    their plugins' manifests (most do) never need this; ``pjcore run`` and
+    :meth:`pjcore.Host.load_declared_plugins` load every plugin declared here,
+    with its key as plugin id. An invalid manifest is a load failure of the
+    plugin that declared it; two plugins declaring one key raise
     :class:`~pjcore.exceptions.RegistrationConflict`. Returns nothing.
     """
 

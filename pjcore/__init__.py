@@ -22,6 +22,7 @@ from pjcore.exceptions import (  # noqa: E402
     PjError,
     PluginError,
     PluginLoadError,
+    PluginNotRunning,
     RegistrationConflict,
     RunLookupError,
     SlotAlreadyClaimed,
@@ -45,6 +46,9 @@ from pjcore.models import (  # noqa: E402
     SyncResult,
 )
 from pjcore.plugins import make_plugin_manager  # noqa: E402
+from pjcore.host import Host  # noqa: E402
+from pjcore.context import JobContext, RunCancelled  # noqa: E402
+from pjcore.clock import ManualClock, SystemClock  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -54,6 +58,12 @@ __all__ = [
     "ConfigurationError",
     "CronError",
     "HandlerLookupError",
+    "Host",
+    "JobContext",
+    "ManualClock",
+    "PluginNotRunning",
+    "RunCancelled",
+    "SystemClock",
     "Job",
     "JobAlreadyRunning",
     "JobDeclaration",

@@ -11,10 +11,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from pjcore.manifest import JobDeclaration
-    from pjcore.models import Job, JobRun, RunPage, RunStatus, RunTrigger, SyncResult
+    from concurrent.futures import Future
 
-__all__ = ["JobStore"]
+    from pjcore.context import JobContext
+    from pjcore.manifest import JobDeclaration
+    from pjcore.models import Claim, Job, JobRun, RunPage, RunStatus, RunTrigger, SyncResult
+
+__all__ = ["JobStore", "Outcome", "Runner", "Scheduler"]
 
 
 class JobStore(metaclass=ABCMeta):
@@ -146,13 +149,45 @@ class JobStore(metaclass=ABCMeta):
         """
 
     @abstractmethod
-    def due_jobs(self, now: datetime, *, limit: int = 100) -> list["Job"]:
+    def due_jobs(
+        self, now: datetime, *, limit: int = 100, plugin_ids: Sequence[str] | None = None
+    ) -> list["Job"]:
         """Active jobs whose ``next_run_at <= now``, oldest due first
-        (ties broken by id), at most *limit*."""
+        (ties broken by id), at most *limit*; only of *plugin_ids* when given."""
 
     @abstractmethod
-    def next_due_at(self) -> datetime | None:
-        """The earliest ``next_run_at`` of any active job, or ``None``."""
+    def next_due_at(self, plugin_ids: Sequence[str] | None = None) -> datetime | None:
+        """The earliest ``next_run_at`` of any active job (of *plugin_ids* when
+        given), or ``None``."""
+
+    @abstractmethod
+    def claim_slot(
+        self,
+        job_id: str,
+        *,
+        expected: datetime | None,
+        run_slot: datetime | None,
+        next_run_at: datetime | None,
+        missed: int = 0,
+        now: datetime,
+    ) -> "Claim":
+        """Claim a due job's slot and advance its pointer, in one atomic step.
+
+        Applies only if the job is active and its ``next_run_at`` still equals
+        *expected* (the value the caller read), and -- when *run_slot* is given
+        -- no run of the job is ``queued`` or ``running``. Then:
+
+        * with *run_slot*, a ``queued`` run with ``trigger=schedule`` and
+          ``scheduled_for=run_slot`` is created (unless a run of that slot
+          already exists: a slot never runs twice), and ``last_run_at`` is set
+          to *run_slot*;
+        * ``next_run_at`` becomes *next_run_at*;
+        * ``missed_count`` grows by *missed* (slots that will never run).
+
+        Two schedulers claiming the same job at once: exactly one applies.
+
+        :return: ``Claim(applied, run)``; *run* is None when no run was created.
+        """
 
     @abstractmethod
     def delete_plugin(self, plugin_id: str) -> int:
@@ -271,3 +306,106 @@ class JobStore(metaclass=ABCMeta):
 
         :return: the number of runs deleted.
         """
+
+
+class Outcome:
+    """How a handler call ended, as a runner reports it."""
+
+    __slots__ = ("status", "error", "error_detail")
+
+    def __init__(self, status: str, error: str | None = None, error_detail: str | None = None):
+        #: ``"succeeded"``, ``"failed"`` or ``"cancelled"``
+        self.status = status
+        self.error = error
+        self.error_detail = error_detail
+
+    def __repr__(self) -> str:
+        return f"Outcome({self.status!r}, error={self.error!r})"
+
+
+class Runner(metaclass=ABCMeta):
+    """Executes job handlers, off the scheduler's thread.
+
+    A runner knows nothing about the store: the scheduler records runs, the
+    runner only calls handlers and reports how each call ended.
+    """
+
+    #: how many handler calls may run at once
+    max_workers: int
+
+    @abstractmethod
+    def start(self) -> None:
+        """Get ready to accept work. Idempotent."""
+
+    @abstractmethod
+    def submit(self, handler: "object", context: "JobContext") -> "Future[Outcome]":
+        """Call ``handler(context)`` soon, never blocking the caller.
+
+        The future resolves to an :class:`Outcome`, never raises: a handler
+        that raises gives ``Outcome("failed", str(exc) or the class name,
+        short traceback)``; one that raises
+        :class:`~pjcore.context.RunCancelled` gives ``"cancelled"``. Both
+        plain functions and ``async def`` functions are supported.
+        """
+
+    @abstractmethod
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop accepting work and wait up to *timeout* seconds for calls in
+        flight. Idempotent.
+
+        :return: whether every call had finished.
+        """
+
+
+class Scheduler(metaclass=ABCMeta):
+    """Finds due jobs, claims their slots and hands runs to a runner."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Start the background loop. Idempotent."""
+
+    @abstractmethod
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop starting runs, wait up to *timeout* seconds for runs in flight,
+        record those still running as ``cancelled`` with reason "shutdown".
+        Idempotent; safe before :meth:`start`."""
+
+    @abstractmethod
+    def register_plugin(self, plugin_id: str, plugin_key: str) -> None:
+        """Allow runs of the plugin's jobs (its jobs are already synced)."""
+
+    @abstractmethod
+    def unregister_plugin(self, plugin_id: str, reason: str) -> list[str]:
+        """Start no new runs of the plugin; ask its runs in flight to stop and
+        record them ``cancelled`` with *reason*. Harmless for an unknown plugin.
+
+        :return: ids of the runs cancelled.
+        """
+
+    @abstractmethod
+    def trigger(self, job_id: str, *, trigger: str = "manual", plugin_id: str | None = None) -> str:
+        """Start a run of the job now, outside its schedule, and return the run
+        id without waiting for it.
+
+        :raises JobLookupError: no such job (or not of *plugin_id*).
+        :raises JobNotActive: the job is paused.
+        :raises JobAlreadyRunning: a run of the job is queued or running.
+        :raises PluginNotRunning: the job's plugin is not registered here, or
+            no handler is available for the job.
+        """
+
+    @abstractmethod
+    def wake(self) -> None:
+        """Re-read the store now: something due may have changed."""
+
+    @abstractmethod
+    def tick(self) -> int:
+        """Run one dispatch round in the caller's thread.
+
+        :return: the number of runs started.
+        """
+
+    @abstractmethod
+    def diagnostics(self) -> dict:
+        """``running``, ``active_run_ids``, ``tick_count``, ``last_tick_at``,
+        ``next_wake_at`` and backend-specific extras."""

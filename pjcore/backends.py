@@ -22,6 +22,8 @@ class RegisterBackend(Protocol):
 
 @attrs.frozen
 class Backend:
+    """A registered backend factory and the plugin that registered it."""
+
     kind: str
     name: str
     factory: Callable[..., Any]
@@ -52,11 +54,12 @@ class BackendRegistry:
             )
         existing = self._backends.get((kind, name))
         if existing is not None:
-            raise RegistrationConflict(
-                f"{kind} backend {name!r} is registered by both plugin {existing.plugin!r} "
-                f"and plugin {plugin!r}",
-                plugin=plugin,
+            who = (
+                f"twice by plugin {plugin!r}"
+                if existing.plugin == plugin
+                else f"by both plugin {existing.plugin!r} and plugin {plugin!r}"
             )
+            raise RegistrationConflict(f"{kind} backend {name!r} is registered {who}", plugin=plugin)
         self._backends[(kind, name)] = Backend(kind, name, factory, plugin)
 
     def get(self, kind: str, name: str) -> Backend:

@@ -8,23 +8,31 @@ Dialect (see the README for the user-facing version):
 
 * 5 fields ``minute hour day-of-month month day-of-week``, or 6 fields with
   an extra **seconds field first**: ``second minute hour dom month dow``.
-* ``*``, ``N``, ``N-M`` (N <= M), ``*/S``, ``N/S``, ``N-M/S`` (S >= 1), lists.
-* Month names ``JAN``-``DEC`` and weekday names ``SUN``-``SAT``; Sunday is 0 or 7.
-* ``?`` as ``*`` in day fields; ``L`` (last day) and ``NW`` (nearest weekday)
-  in day-of-month; ``D#K`` (K-th weekday D of the month) in day-of-week.
+* ``*``, ``N``, ``N-M`` (N <= M), ``*/S``, ``N/S``, ``N-M/S`` (1 <= S <= the
+  field maximum), lists. ``N/S`` runs from N to the field maximum, and
+  ``N-N`` is just N.
+* Month names ``JAN``-``DEC`` and weekday names ``SUN``-``SAT``, any case.
+  Day-of-week runs 0-7 and Sunday is 0 or 7, so ``1/2`` and ``1-7/2`` are
+  Monday, Wednesday, Friday and Sunday.
+* ``?`` as ``*`` in day fields (alone); ``L`` (last day) and ``NW`` (nearest
+  weekday, alone in its field) in day-of-month; ``D#K`` (K-th weekday D of the
+  month, not mixed with plain days) in day-of-week.
 * Macros ``@yearly`` ``@annually`` ``@monthly`` ``@weekly`` ``@daily``
   ``@midnight`` ``@hourly``.
-* When both day-of-month and day-of-week are restricted, a day matches if
-  **either** does (Vixie cron), unlike Paperclip, which ANDs them.
+* When both day-of-month and day-of-week are restricted (neither is ``*`` nor
+  ``?``), a day matches if **either** does (Vixie cron), unlike Paperclip,
+  which ANDs them: ``0 0 13 * 5`` fires on the 13th and on every Friday.
+* An expression with no fire time (``0 0 30 2 *``) is invalid.
 
 DST rules, for a zone with transitions:
 
 * Schedules with a fixed hour (``30 2 * * *``): a wall time skipped by the
   spring-forward gap fires once, at the first instant after the gap; a wall
   time repeated by the fall-back fires once, at its first occurrence.
-* Schedules whose hour field is ``*`` fire on the wall clock as it is lived:
-  nothing inside the gap, and in both passes of a repeated hour, so an
-  "every 10 minutes" job keeps its cadence through both transitions.
+* Schedules whose hour field matches every hour (``*``, ``*/1``, ``0-23``)
+  fire on the wall clock as it is lived: nothing inside the gap, and in both
+  passes of a repeated hour, so an "every 10 minutes" job keeps its cadence
+  through both transitions.
 """
 
 from __future__ import annotations
@@ -101,58 +109,95 @@ def _value(token: str, field: tuple, expr: str) -> int:
     return value
 
 
-def _check_field(text: str, field: tuple, expr: str) -> None:
+def _values(part: str, field: tuple, expr: str) -> range:
+    """The values of one plain list element (``*``, ``N``, ``N-M``, with ``/S``)."""
     name, lo, hi, _ = field
+    m = _PART.match(part)
+    if not m:
+        raise CronError(expr, f"invalid element {part!r} in the {name} field")
+    step = 1
+    if m["step"] is not None:
+        step = int(m["step"])
+        if not 1 <= step <= hi:
+            raise CronError(expr, f"step {step} out of range [1-{hi}] in the {name} field")
+    if m["star"]:
+        return range(lo, hi + 1, step)
+    start = _value(m["start"], field, expr)
+    if m["end"] is not None:
+        end = _value(m["end"], field, expr)
+        if start > end:
+            raise CronError(expr, f"range {part!r} has start > end in the {name} field")
+    else:
+        # "N/S" runs from N to the field maximum; a bare "N" is just N.
+        end = hi if m["step"] is not None else start
+    return range(start, end + 1, step)
+
+
+def _field(text: str, field: tuple, expr: str) -> str:
+    """Check one field and return it in the form handed to croniter.
+
+    Plain elements are expanded here into an explicit sorted list, because
+    croniter reads ranges in ways no other cron does: an equal range
+    (``5-5``, ``7-7``) means the *whole* field, and ``7/1`` in day-of-week
+    every day. Only ``*``, ``L``, ``NW`` and ``D#K`` reach croniter as written.
+    """
+    name = field[0]
     if text == "":
         raise CronError(expr, f"empty {name} field")
-    for part in text.split(","):
+    if text == "*":
+        return "*"
+    parts = text.split(",")
+    day_field = name in ("day-of-month", "day-of-week")
+    if day_field and "?" in parts:
+        if len(parts) > 1:
+            raise CronError(expr, f"'?' must stand alone in the {name} field")
+        return "*"
+    values: set[int] = set()
+    specials: list[str] = []
+    for part in parts:
         if part == "":
             raise CronError(expr, f"empty element in the {name} field")
-        if name in ("day-of-month", "day-of-week") and part == "?":
-            continue
         if name == "day-of-month":
             if part in ("L", "l"):
+                specials.append("L")
                 continue
             m = _NEAREST_WEEKDAY.match(part)
             if m:
-                _value(m["day"], field, expr)
-                continue
+                if len(parts) > 1:
+                    raise CronError(expr, f"'{part}' must stand alone in the {name} field")
+                return f"{_value(m['day'], field, expr)}W"
         if name == "day-of-week":
             m = _NTH_WEEKDAY.match(part)
             if m:
-                _value(m["day"], field, expr)
+                day = _value(m["day"], field, expr) % 7
                 if not 1 <= int(m["nth"]) <= 5:
                     raise CronError(expr, f"'#{m['nth']}' must be #1 to #5 in the {name} field")
+                specials.append(f"{day}#{int(m['nth'])}")
                 continue
-        m = _PART.match(part)
-        if not m:
-            raise CronError(expr, f"invalid element {part!r} in the {name} field")
-        if m["step"] is not None:
-            step = int(m["step"])
-            if not 1 <= step <= hi:
-                raise CronError(expr, f"step {step} out of range [1-{hi}] in the {name} field")
-        if m["start"] is not None:
-            start = _value(m["start"], field, expr)
-            if m["end"] is not None:
-                end = _value(m["end"], field, expr)
-                if start > end:
-                    raise CronError(expr, f"range {part!r} has start > end in the {name} field")
+        values.update(_values(part, field, expr))
+    if name == "day-of-week":
+        values = {v % 7 for v in values}  # Sunday is 0 or 7
+        if values and specials:
+            raise CronError(
+                expr, f"'D#K' elements cannot be mixed with plain days in the {name} field"
+            )
+    return ",".join([*map(str, sorted(values)), *sorted(set(specials))])
 
 
-def _normalize(expression: object) -> tuple[str, bool]:
-    """Check the syntax and ranges; return (croniter expression, has_seconds)."""
+def _normalize(expression: object) -> tuple[list[str], bool]:
+    """Check the syntax and ranges; return (croniter fields, has_seconds)."""
     if not isinstance(expression, str):
         raise CronError(expression, f"must be a string, not {type(expression).__name__}")
     if len(expression) > MAX_EXPRESSION_LENGTH:
         raise CronError(expression[:40] + "...", f"longer than {MAX_EXPRESSION_LENGTH} characters")
-    expr = " ".join(expression.split())
-    if not expr:
+    fields = expression.split()
+    if not fields:
         raise CronError(expression, "must not be empty")
-    if expr.startswith("@"):
-        if expr.lower() not in MACROS:
-            raise CronError(expression, f"unknown macro {expr!r} (known: {', '.join(MACROS)})")
-        return MACROS[expr.lower()], False
-    fields = expr.split(" ")
+    if len(fields) == 1 and fields[0].startswith("@"):
+        macro = fields[0].lower()
+        if macro not in MACROS:
+            raise CronError(expression, f"unknown macro {fields[0]!r} (known: {', '.join(MACROS)})")
+        fields = MACROS[macro].split(" ")
     if len(fields) == 5:
         layout = _FIELDS_5
     elif len(fields) == 6:
@@ -163,9 +208,7 @@ def _normalize(expression: object) -> tuple[str, bool]:
             f"expected 5 fields (minute hour day month weekday) or 6 with seconds first, "
             f"got {len(fields)}",
         )
-    for text, field in zip(fields, layout):
-        _check_field(text, field, expression)
-    return expr, len(fields) == 6
+    return [_field(text, f, expression) for text, f in zip(fields, layout)], len(fields) == 6
 
 
 def validate_timezone(name: object) -> ZoneInfo:
@@ -196,40 +239,63 @@ class CronSchedule:
     threads; :func:`get_schedule` caches them.
     """
 
-    __slots__ = ("expression", "timezone", "_expr", "_seconds", "_tz", "_iter", "_lock",
+    __slots__ = ("expression", "timezone", "_seconds", "_tz", "_iters", "_lock",
                  "_hour_wild", "__weakref__")
 
     def __init__(self, expression: str, timezone_name: str = "UTC") -> None:
-        self._expr, self._seconds = _normalize(expression)
+        fields, self._seconds = _normalize(expression)
         self.expression = expression
         self.timezone = timezone_name
         self._tz = validate_timezone(timezone_name)
-        hour = self._expr.split(" ")[2 if self._seconds else 1]
-        self._hour_wild = hour == "*"
+        minute, hour, dom, month, dow = fields[-5:]
+        self._hour_wild = hour == "*" or hour == ",".join(map(str, range(24)))
         self._lock = threading.Lock()
-        try:
-            self._iter = croniter(
-                self._expr,
-                datetime(2000, 1, 1),
-                second_at_beginning=self._seconds,
-                max_years_between_matches=50,
-            )
-        except (CroniterError, ValueError, TypeError, KeyError) as exc:
-            raise CronError(expression, str(exc)) from None
-        # An expression that is well-formed but names an impossible date
-        # (``0 0 30 2 *``) must fail here, at manifest load, not at first tick.
-        try:
-            self._naive_next(datetime(2000, 1, 1))
-        except CroniterBadDateError:
-            raise CronError(expression, "never fires (no matching date)") from None
+        # Vixie OR is built here, not left to croniter: croniter ANDs the day
+        # fields whenever one side uses ``W`` or ``#`` (``0 0 15W * MON``
+        # would never fire on Mondays). Each side is a croniter with the other
+        # day field ``*``, and the next fire time is the earlier of the two.
+        if dom != "*" and dow != "*":
+            sides = [(dom, "*"), ("*", dow)]
+        else:
+            sides = [(dom, dow)]
+        self._iters = []
+        for side_dom, side_dow in sides:
+            side = [*fields[:-3], side_dom, month, side_dow]
+            try:
+                it = croniter(
+                    " ".join(side),
+                    datetime(2000, 1, 1),
+                    second_at_beginning=self._seconds,
+                    max_years_between_matches=50,
+                )
+            except (CroniterError, ValueError, TypeError, KeyError) as exc:
+                raise CronError(expression, str(exc)) from None
+            # A side that names an impossible date (``30 2`` of ``0 0 30 2 1``)
+            # contributes nothing; an expression with no side left must fail
+            # here, at manifest load, not at its first tick.
+            try:
+                it.get_next(datetime)
+            except CroniterBadDateError:
+                continue
+            self._iters.append(it)
+        if not self._iters:
+            raise CronError(expression, "never fires (no matching date)")
 
     def __repr__(self) -> str:
         return f"CronSchedule({self.expression!r}, {self.timezone!r})"
 
     def _naive_next(self, naive: datetime) -> datetime:
+        found = []
         with self._lock:
-            self._iter.set_current(naive, force=True)
-            return self._iter.get_next(datetime)
+            for it in self._iters:
+                it.set_current(naive, force=True)
+                try:
+                    found.append(it.get_next(datetime))
+                except CroniterBadDateError:
+                    pass  # this side has no date in croniter's 50-year window
+        if not found:
+            raise CronError(self.expression, f"no fire time within 50 years after {naive}")
+        return min(found)
 
     def _naive_iter(self, naive: datetime) -> Iterator[datetime]:
         while True:
@@ -273,32 +339,30 @@ class CronSchedule:
         """The first fire time strictly after the aware instant *after*, in UTC."""
         after = _aware(after).astimezone(UTC)
         local = after.astimezone(self._tz)
-        fold = local.fold
+        # A fixed-hour schedule fires a repeated wall time at its first
+        # occurrence only, even when *after* lies in the second pass;
+        # an every-hour schedule lives the pass *after* is in.
+        fold = local.fold if self._hour_wild else 0
         naive_after = local.replace(tzinfo=None, fold=0)
         for naive in self._naive_iter(naive_after):
             utc = self._instant(naive, fold)
-            if utc is None:
-                utc = self._instant(naive, 1 - fold)
             if utc is None:  # in a spring-forward gap
                 if self._hour_wild:
                     continue
                 utc = self._gap_end(naive)
             if utc <= after:
                 continue
-            if self._hour_wild and utc.utcoffset() is not None:
-                off_after = local.utcoffset()
-                off_next = utc.astimezone(self._tz).utcoffset()
-                if off_after is not None and off_next is not None and off_next < off_after:
-                    # A fall-back lies between: the repeated wall hour is lived
-                    # twice, and its second pass has fire times of its own.
-                    turn = self._transition(after, utc)
-                    wall = turn.astimezone(self._tz).replace(tzinfo=None)
-                    for again in self._naive_iter(wall - timedelta(microseconds=1)):
-                        cand = self._instant(again, 1)
-                        if cand is None or cand >= utc:
-                            break
-                        if cand > after:
-                            return cand
+            if self._hour_wild and utc.astimezone(self._tz).utcoffset() < local.utcoffset():
+                # A fall-back lies between: the repeated wall hour is lived
+                # twice, and its second pass has fire times of its own.
+                turn = self._transition(after, utc)
+                wall = turn.astimezone(self._tz).replace(tzinfo=None)
+                for again in self._naive_iter(wall - timedelta(microseconds=1)):
+                    cand = self._instant(again, 1)
+                    if cand is None or cand >= utc:
+                        break
+                    if cand > after:
+                        return cand
             return utc
         raise AssertionError("unreachable")  # pragma: no cover
 

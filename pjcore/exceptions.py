@@ -152,6 +152,14 @@ class JobAlreadyRunning(JobStateError):
         )
 
 
+class PluginNotRunning(JobStateError):
+    """The job's plugin is not registered with this scheduler, or has no handler."""
+
+    def __init__(self, plugin: str, detail: str = "is not running") -> None:
+        self.plugin = plugin
+        super().__init__(f'Plugin "{plugin}" {detail} - cannot trigger job')
+
+
 class SlotAlreadyClaimed(JobStateError):
     """A run for this ``(job, scheduled slot)`` already exists."""
 

@@ -26,10 +26,15 @@ def qualified_name(func: Callable[..., Any]) -> str:
 
 @attrs.frozen
 class Handler:
+    """A registered job handler; calling it calls :attr:`func`."""
+
     plugin_key: str
     job_key: str
     func: Callable[..., Any]
     plugin: str  # name of the pluggy plugin that registered it
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.func(*args, **kwargs)
 
     @property
     def qualified_name(self) -> str:
@@ -38,6 +43,8 @@ class Handler:
 
 @attrs.define
 class HandlerRegistry:
+    """Handlers by ``(plugin_key, job_key)``; each key can be registered only once."""
+
     _handlers: dict[tuple[str, str], Handler] = attrs.field(factory=dict, init=False)
 
     def register(self, plugin_key: str, job_key: str, func: Callable[..., Any], *, plugin: str) -> None:
@@ -54,10 +61,13 @@ class HandlerRegistry:
             )
         existing = self._handlers.get((plugin_key, job_key))
         if existing is not None:
+            who = (
+                f"twice by plugin {plugin!r}"
+                if existing.plugin == plugin
+                else f"by both plugin {existing.plugin!r} and plugin {plugin!r}"
+            )
             raise RegistrationConflict(
-                f"job {plugin_key}/{job_key} has handlers from both plugin "
-                f"{existing.plugin!r} and plugin {plugin!r}",
-                plugin=plugin,
+                f"job {plugin_key}/{job_key} has a handler registered {who}", plugin=plugin
             )
         self._handlers[(plugin_key, job_key)] = Handler(plugin_key, job_key, func, plugin)
 

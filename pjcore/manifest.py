@@ -24,7 +24,7 @@ plugin, the job and the field. Nothing else escapes ``Manifest.from_dict``.
 from __future__ import annotations
 
 import enum
-import math
+import functools
 import re
 from typing import Any, Mapping
 
@@ -44,8 +44,9 @@ __all__ = [
 ]
 
 #: plugin keys and job keys: start with a letter or digit, then letters,
-#: digits, ``_``, ``.``, ``-``; at most 64 characters
-KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: digits, ``_``, ``.``, ``-``; at most 64 characters (``\Z``, not ``$``,
+#: which would accept a trailing newline)
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 MAX_JOBS = 1000
 MAX_DISPLAY_NAME = 200
 MAX_DESCRIPTION = 2000
@@ -100,20 +101,35 @@ def _check_key(value: Any, *, field: str, job: str | None) -> None:
         raise ManifestError(
             f"{value!r} does not match {KEY_PATTERN.pattern} "
             "(letters, digits, '_', '.', '-'; at most 64 characters)",
-            job=job,
+            # a bad job key is still the best name for its job
+            job=value if field == "job_key" else job,
             field=field,
         )
 
 
-def _check_fields(data: Any, allowed: tuple[str, ...], *, what: str, job: str | None) -> None:
+def _check_fields(
+    data: Any,
+    allowed: tuple[str, ...],
+    *,
+    what: str,
+    job: str | None,
+    field: str | None = None,
+    prefix: str = "",
+) -> None:
+    """*data* (found at *field*) must be a mapping with no keys but *allowed*.
+
+    An unknown key is reported as field ``prefix + key``.
+    """
     if not isinstance(data, Mapping):
-        raise ManifestError(f"{what} must be a mapping, not {type(data).__name__}", job=job)
+        raise ManifestError(
+            f"{what} must be a mapping, not {type(data).__name__}", job=job, field=field
+        )
     for name in data:
         if not isinstance(name, str) or name not in allowed:
             raise ManifestError(
                 f"unknown field in {what} (allowed: {', '.join(allowed)})",
                 job=job,
-                field=str(name)[:64],
+                field=prefix + str(name)[:64],
             )
 
 
@@ -138,9 +154,12 @@ def _seconds(value: Any, *, field: str, job: str | None) -> float | None:
         raise ManifestError(
             f"must be a number of seconds, not {type(value).__name__}", job=job, field=field
         )
-    if not math.isfinite(value) or value <= 0 or value > MAX_TIMEOUT:
+    # Compare before any float() (float(10**400) raises OverflowError); NaN
+    # fails the comparison. repr() of a huge int can raise ValueError too.
+    if not 0 < value <= MAX_TIMEOUT:
+        shown = repr(value) if isinstance(value, float) or abs(value) < 10**20 else "a huge number"
         raise ManifestError(
-            f"must be a number of seconds in (0, {MAX_TIMEOUT:g}], not {value!r}",
+            f"must be a number of seconds in (0, {MAX_TIMEOUT:g}], not {shown}",
             job=job,
             field=field,
         )
@@ -159,34 +178,39 @@ class JobPolicy:
     :ivar on_abandoned: see :class:`AbandonPolicy`.
     """
 
-    timeout_seconds: float | None = None
-    misfire: MisfirePolicy = MisfirePolicy.run_once
-    misfire_grace_seconds: float | None = 3600.0
-    on_abandoned: AbandonPolicy = AbandonPolicy.skip
+    # Validated on construction too: a plugin may hand over a ready-made
+    # Manifest (see Manifest.coerce), which never goes through from_dict.
+    timeout_seconds: float | None = attrs.field(
+        default=None,
+        converter=functools.partial(_seconds, field="policy.timeout_seconds", job=None),
+    )
+    misfire: MisfirePolicy = attrs.field(
+        default=MisfirePolicy.run_once,
+        converter=functools.partial(
+            _enum_value, MisfirePolicy, field="policy.misfire", job=None
+        ),
+    )
+    misfire_grace_seconds: float | None = attrs.field(
+        default=3600.0,
+        converter=functools.partial(_seconds, field="policy.misfire_grace_seconds", job=None),
+    )
+    on_abandoned: AbandonPolicy = attrs.field(
+        default=AbandonPolicy.skip,
+        converter=functools.partial(
+            _enum_value, AbandonPolicy, field="policy.on_abandoned", job=None
+        ),
+    )
 
     FIELDS = ("timeout_seconds", "misfire", "misfire_grace_seconds", "on_abandoned")
 
     @classmethod
     def from_dict(cls, data: Any, *, job: str | None = None) -> "JobPolicy":
-        _check_fields(data, cls.FIELDS, what="policy", job=job)
-        kwargs: dict[str, Any] = {}
-        if "timeout_seconds" in data:
-            kwargs["timeout_seconds"] = _seconds(
-                data["timeout_seconds"], field="policy.timeout_seconds", job=job
-            )
-        if "misfire_grace_seconds" in data:
-            kwargs["misfire_grace_seconds"] = _seconds(
-                data["misfire_grace_seconds"], field="policy.misfire_grace_seconds", job=job
-            )
-        if "misfire" in data:
-            kwargs["misfire"] = _enum_value(
-                MisfirePolicy, data["misfire"], field="policy.misfire", job=job
-            )
-        if "on_abandoned" in data:
-            kwargs["on_abandoned"] = _enum_value(
-                AbandonPolicy, data["on_abandoned"], field="policy.on_abandoned", job=job
-            )
-        return cls(**kwargs)
+        _check_fields(data, cls.FIELDS, what="policy", job=job, field="policy",
+                      prefix="policy.")
+        try:
+            return cls(**data)
+        except ManifestError as exc:
+            raise ManifestError(exc.reason, job=job, field=exc.field) from None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -252,7 +276,7 @@ class JobDeclaration:
         job = None
         if isinstance(data, Mapping) and isinstance(data.get("job_key"), str):
             job = data["job_key"][:64]
-        _check_fields(data, cls.FIELDS, what="job declaration", job=job)
+        _check_fields(data, cls.FIELDS, what="job declaration", job=job, field="jobs")
         if "job_key" not in data:
             raise ManifestError("is required", field="job_key")
         if "display_name" not in data:
@@ -275,13 +299,19 @@ class JobDeclaration:
         return out
 
 
+def _to_jobs(value: Any) -> tuple:
+    if not isinstance(value, (list, tuple)):
+        raise ManifestError(f"must be a list, not {type(value).__name__}", field="jobs")
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class Manifest:
     """What a plugin declares: its key, optional version, and its jobs."""
 
     key: str
     version: str | None = None
-    jobs: tuple[JobDeclaration, ...] = attrs.field(default=(), converter=tuple)
+    jobs: tuple[JobDeclaration, ...] = attrs.field(default=(), converter=_to_jobs)
 
     FIELDS = ("key", "version", "jobs")
 
@@ -322,8 +352,10 @@ class Manifest:
         :param plugin_key: when given, the manifest's ``key`` must equal it
             (and may be omitted).
         """
+        # Name the plugin being loaded when known: a manifest that claims
+        # another key must not get its errors reported under that key.
         plugin = plugin_key if isinstance(plugin_key, str) else None
-        if isinstance(data, Mapping) and isinstance(data.get("key"), str):
+        if plugin is None and isinstance(data, Mapping) and isinstance(data.get("key"), str):
             plugin = data["key"][:64]
         try:
             _check_fields(data, cls.FIELDS, what="manifest", job=None)
@@ -346,7 +378,15 @@ class Manifest:
                 raise ManifestError(
                     f"declares {len(jobs_data)} jobs; the limit is {MAX_JOBS}", field="jobs"
                 )
-            jobs = tuple(JobDeclaration.from_dict(j) for j in jobs_data)
+            jobs = []
+            for index, job_data in enumerate(jobs_data):
+                try:
+                    jobs.append(JobDeclaration.from_dict(job_data))
+                except ManifestError as exc:
+                    if exc.job is not None:
+                        raise
+                    # no usable job key to name it by: say where it is
+                    raise ManifestError(f"{exc.reason} (jobs[{index}])", field=exc.field) from None
             return cls(key=key, version=data.get("version"), jobs=jobs)
         except ManifestError as exc:
             if exc.plugin is None and plugin is not None:

@@ -15,6 +15,7 @@ import attrs
 from pjcore.manifest import JobPolicy
 
 __all__ = [
+    "Claim",
     "Job",
     "JobRun",
     "JobStatus",
@@ -118,6 +119,8 @@ class Job:
         converter=attrs.converters.optional(_enum(PausedBy)), default=None
     )
     status_reason: str | None = None
+    #: slots that never ran (coalesced or past the misfire grace window)
+    missed_count: int = 0
     next_run_at: datetime | None = attrs.field(converter=optional_aware_utc, default=None)
     last_run_at: datetime | None = attrs.field(converter=optional_aware_utc, default=None)
     created_at: datetime = attrs.field(converter=as_aware_utc)
@@ -152,6 +155,14 @@ class JobRun:
     error_detail: str | None = None
     owner: str | None = None
     lease_until: datetime | None = attrs.field(converter=optional_aware_utc, default=None)
+
+
+@attrs.frozen(kw_only=True)
+class Claim:
+    """Result of :meth:`JobStore.claim_slot`."""
+
+    applied: bool
+    run: JobRun | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -13,13 +13,15 @@ from loguru import logger
 
 from pjcore import hookspecs
 from pjcore.backends import BackendRegistry
-from pjcore.exceptions import PluginLoadError, RegistrationConflict
+from pjcore.exceptions import ManifestError, PluginLoadError, RegistrationConflict
 from pjcore.handlers import HandlerRegistry
+from pjcore.manifest import Manifest
 
 __all__ = [
     "DEFAULT_PLUGINS",
     "ENTRY_POINT_GROUP",
     "PluginFailure",
+    "PluginInfo",
     "PluginManager",
     "make_plugin_manager",
     "notify",
@@ -48,6 +50,8 @@ class PluginFailure:
 
 @attrs.frozen(kw_only=True)
 class PluginInfo:
+    """A registered plugin and where it came from."""
+
     name: str
     distribution: str | None = None
     version: str | None = None
@@ -63,15 +67,16 @@ class PluginManager(pluggy.PluginManager):
         self.origins: dict[str, PluginInfo] = {}
         self._backends: BackendRegistry | None = None
         self._handlers: HandlerRegistry | None = None
+        self._manifests: dict[str, tuple[Manifest, str]] | None = None
 
     # Registries are collected lazily and dropped whenever the set of plugins
     # changes, so a plugin registered after the build is seen as well.
     def register(self, plugin: Any, name: str | None = None) -> str | None:
-        self._backends = self._handlers = None
+        self._backends = self._handlers = self._manifests = None
         return super().register(plugin, name)
 
     def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
-        self._backends = self._handlers = None
+        self._backends = self._handlers = self._manifests = None
         return super().unregister(plugin, name)
 
     @property
@@ -92,6 +97,29 @@ class PluginManager(pluggy.PluginManager):
             self._handlers = registry
         return self._handlers
 
+    def manifests(self) -> list[Manifest]:
+        """Manifests declared through ``register_manifests``, ordered by key."""
+        if self._manifests is None:
+            found: dict[str, tuple[Manifest, str]] = {}
+
+            def register(manifest: Any, *, plugin: str) -> None:
+                parsed = Manifest.coerce(manifest)
+                if parsed.key in found:
+                    raise RegistrationConflict(
+                        f"plugin key {parsed.key!r} is declared by both plugin "
+                        f"{found[parsed.key][1]!r} and plugin {plugin!r}", plugin=plugin)
+                found[parsed.key] = (parsed, plugin)
+
+            self._collect("register_manifests", register)
+            self._manifests = found
+        return [m for _, (m, _) in sorted(self._manifests.items())]
+
+    def _collect_registries(self) -> None:
+        # Runs the registration hooks now, raising what they raise.
+        self.backends
+        self.handlers
+        self.manifests()
+
     def _collect(self, hook_name: str, register: Any) -> None:
         caller = getattr(self.hook, hook_name)
         # Called impl by impl so each registration is attributed to its plugin.
@@ -104,7 +132,7 @@ class PluginManager(pluggy.PluginManager):
             kwargs = {"register": bound} if "register" in impl.argnames else {}
             try:
                 impl.function(**kwargs)
-            except RegistrationConflict:
+            except (RegistrationConflict, ManifestError):
                 raise
             except Exception as exc:
                 raise PluginLoadError(
@@ -128,6 +156,10 @@ def _names_from_env(var: str) -> set[str] | None:
     return {n.strip() for n in raw.split(",") if n.strip()}
 
 
+def _strict_from_env() -> bool:
+    return os.environ.get(ENV_STRICT, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _unknown_hooks(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
     unknown = []
     for caller in pm.get_hookcallers(plugin) or []:
@@ -138,22 +170,34 @@ def _unknown_hooks(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
     return unknown
 
 
-def _entry_points() -> Iterable[tuple[importlib.metadata.EntryPoint, Any]]:
-    seen = set()
+def _discard(pm: pluggy.PluginManager, name: str, plugin: Any) -> None:
+    # pluggy < 1.7 leaves a plugin half-registered when one of its hookimpls
+    # fails validation; remove whatever of *this* plugin got in (never another
+    # plugin that already holds the name).
+    if pm.get_plugin(name) is plugin:
+        pm.unregister(name=name)
+
+
+def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, Any]]:
+    found = {}
     for dist in importlib.metadata.distributions():
         for ep in dist.entry_points:
-            if ep.group != ENTRY_POINT_GROUP or (ep.name, ep.value) in seen:
-                continue
-            seen.add((ep.name, ep.value))
-            yield ep, dist
+            # The same distribution can be visible twice on sys.path.
+            if ep.group == ENTRY_POINT_GROUP:
+                found.setdefault((ep.name, ep.value), (ep, dist))
+    # Sorted, so the registration order (and so pluggy's LIFO call order)
+    # does not depend on sys.path or directory listing order.
+    return [found[key] for key in sorted(found)]
 
 
 def load_entry_points(pm: PluginManager, *, strict: bool = False) -> None:
     """Register every ``pjcore`` entry point, each in isolation.
 
-    A distribution whose import raises, or whose plugin implements a hook
-    that does not exist, is logged with its name and error, recorded in
-    ``pm.failures`` and skipped. With *strict*, it raises PluginLoadError.
+    A distribution whose import raises, whose plugin implements a hook that
+    does not exist, fails validation, reuses a plugin name that is taken, or
+    raises or conflicts in a registration hook, is logged with its name and
+    error, recorded in ``pm.failures`` and skipped. With *strict*, it raises
+    PluginLoadError instead.
     """
     allow = _names_from_env(ENV_LOAD)
     block = _names_from_env(ENV_BLOCK) or set()
@@ -163,18 +207,30 @@ def load_entry_points(pm: PluginManager, *, strict: bool = False) -> None:
         if names & block or (allow is not None and not names & allow):
             logger.debug("pjcore plugin {name} not loaded (allow/block list)", name=ep.name)
             continue
-        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+        if pm.is_blocked(ep.name):
             continue
+        plugin = None
         try:
+            if pm.has_plugin(ep.name):
+                taken = pm.origins.get(ep.name)
+                raise PluginLoadError(
+                    f"plugin name {ep.name!r} is already taken"
+                    + (f" by {taken.distribution}" if taken and taken.distribution else ""),
+                    plugin=ep.name,
+                )
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
             unknown = _unknown_hooks(pm, plugin)
             if unknown:
-                pm.unregister(name=ep.name)
                 raise PluginLoadError(
                     f"implements unknown hook(s) {', '.join(sorted(unknown))}", plugin=ep.name
                 )
+            # Run its registration hooks now: the plugins registered before it
+            # are known to be consistent, so a conflict here is this plugin's.
+            pm._collect_registries()
         except Exception as exc:
+            if plugin is not None:
+                _discard(pm, ep.name, plugin)
             failure = PluginFailure(
                 name=ep.name,
                 distribution=dist_name,
@@ -210,13 +266,18 @@ def make_plugin_manager(
     built-in plugins, then the ``pjcore`` entry points (unless
     *load_entrypoints* is false), then *plugins* (objects or modules, e.g. a
     host's coordinator or test plugins). Finally ``check_pending()`` turns a
-    misspelled hook name into an error.
+    misspelled hook name into an error, and the registration hooks run, so a
+    conflict is raised here rather than at first use.
 
     :param strict: raise on a failing entry point instead of skipping it;
         defaults to the ``PJCORE_STRICT_PLUGINS`` environment variable.
+    :raises PluginLoadError: a failing entry point in strict mode, or an
+        invalid plugin in *plugins* (unknown hook, bad signature).
+    :raises RegistrationConflict: two plugins registered the same backend
+        name or job handler.
     """
     if strict is None:
-        strict = os.environ.get(ENV_STRICT, "") not in ("", "0", "false", "no")
+        strict = _strict_from_env()
     pm = PluginManager()
     pm.add_hookspecs(hookspecs)
     if defaults:
@@ -224,14 +285,23 @@ def make_plugin_manager(
             module = importlib.import_module(module_name)
             pm.register(module, name=module_name)
             pm.origins[module_name] = PluginInfo(name=module_name, builtin=True)
+        # Before any entry point, so a failure here is not blamed on one.
+        pm._collect_registries()
     if load_entrypoints:
         load_entry_points(pm, strict=strict)
     for plugin in plugins:
-        pm.register(plugin)
+        try:
+            pm.register(plugin)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            name = pm.get_canonical_name(plugin)
+            raise PluginLoadError(
+                f"plugin {name!r} cannot be registered: {exc}", plugin=name
+            ) from exc
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginLoadError(str(exc), plugin=getattr(exc, "plugin", None)) from exc
+        raise PluginLoadError(str(exc), plugin=pm.get_name(exc.plugin)) from exc
+    pm._collect_registries()
     return pm
 
 

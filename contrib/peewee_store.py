@@ -1,0 +1,941 @@
+"""The default job store: peewee on SQLite (a file) or PostgreSQL.
+
+Every store instance builds its own model classes bound to its own database
+(as huey's ``SqlHuey`` does), so two stores in one process never share state.
+Instants are stored as integer UTC epoch microseconds, which sort and compare
+identically on both engines.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Sequence
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import attrs
+import peewee as pw
+from loguru import logger
+from playhouse.migrate import SchemaMigrator
+
+from pjcore.exceptions import (
+    ConfigurationError,
+    JobAlreadyRunning,
+    JobLookupError,
+    JobStateError,
+    SlotAlreadyClaimed,
+    StoreError,
+)
+from pjcore.manifest import JobDeclaration, JobPolicy
+from pjcore.models import (
+    NON_TERMINAL,
+    Claim,
+    Job,
+    JobRun,
+    JobStatus,
+    PausedBy,
+    RunPage,
+    RunStatus,
+    RunTrigger,
+    SyncResult,
+    as_aware_utc,
+)
+from pjcore.store_base import (
+    BaseJobStore,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    first_fire,
+    from_micros,
+    new_id,
+    plan_sync,
+    terminal_status,
+    to_micros,
+)
+
+__all__ = ["MIGRATIONS", "Migration", "MigrationContext", "PeeweeJobStore"]
+
+PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,20}$")
+SQLITE_PRAGMAS = {"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal"}
+SQLITE_TIMEOUT = 10.0  # seconds a writer waits for the lock (busy_timeout)
+PG_CONNECT_TIMEOUT = 10
+_NON_TERMINAL = [s.value for s in NON_TERMINAL]
+_TERMINAL = [s.value for s in RunStatus if s.terminal]
+_CHUNK = 60  # rows or ids per statement: under 999 bound parameters (old SQLite builds)
+
+_DB_ERRORS: tuple[type[BaseException], ...] = (pw.PeeweeException, sqlite3.Error)
+try:
+    import psycopg2
+
+    _DB_ERRORS += (psycopg2.Error,)
+except ImportError:  # pragma: no cover - the postgres extra is optional
+    psycopg2 = None
+
+
+# -- models ------------------------------------------------------------------
+
+
+def _define_models(db: pw.Database, prefix: str, postgres: bool):
+    # Keys and ids are compared and ordered byte-wise on both engines, so list
+    # order and keyset cursors do not depend on the PostgreSQL locale.
+    c = {"collation": '"C"'} if postgres else {}
+
+    class Base(pw.Model):
+        class Meta:
+            database = db
+            # index names derive from the (prefixed) table name, not the class
+            # name: index names are per database, and two prefixes must not clash
+            legacy_table_names = False
+
+    class JobRow(Base):
+        id = pw.TextField(primary_key=True, **c)
+        plugin_id = pw.TextField()
+        plugin_key = pw.TextField(**c)
+        job_key = pw.TextField(**c)
+        display_name = pw.TextField()
+        description = pw.TextField(null=True)
+        schedule = pw.TextField(null=True)
+        timezone = pw.TextField()
+        policy = pw.TextField()
+        status = pw.TextField()
+        paused_by = pw.TextField(null=True)
+        status_reason = pw.TextField(null=True)
+        missed_count = pw.BigIntegerField(default=0)
+        next_run_at = pw.BigIntegerField(null=True)
+        last_run_at = pw.BigIntegerField(null=True)
+        created_at = pw.BigIntegerField()
+        updated_at = pw.BigIntegerField()
+
+        class Meta:
+            table_name = prefix + "jobs"
+            # the unique index leads with plugin_id, so it also serves
+            # per-plugin lookups; no separate plugin_id index is needed
+            indexes = ((("plugin_id", "job_key"), True), (("status", "next_run_at"), False))
+
+    class RunRow(Base):
+        id = pw.TextField(primary_key=True, **c)
+        job = pw.ForeignKeyField(
+            JobRow, column_name="job_id", on_delete="CASCADE", index=False, lazy_load=False
+        )
+        plugin_id = pw.TextField()
+        job_key = pw.TextField()
+        trigger = pw.TextField()
+        status = pw.TextField()
+        scheduled_for = pw.BigIntegerField(null=True)
+        created_at = pw.BigIntegerField()
+        started_at = pw.BigIntegerField(null=True)
+        finished_at = pw.BigIntegerField(null=True)
+        duration_ms = pw.BigIntegerField(null=True)
+        error = pw.TextField(null=True)
+        error_detail = pw.TextField(null=True)
+        owner = pw.TextField(null=True)
+        lease_until = pw.BigIntegerField(null=True)
+
+        class Meta:
+            table_name = prefix + "runs"
+            # NULL slots (manual runs) never conflict in the unique index
+            indexes = (
+                (("job", "scheduled_for"), True),
+                (("job", "status"), False),
+                (("plugin_id", "created_at", "id"), False),
+                (("created_at", "id"), False),
+            )
+
+    class SchemaRow(Base):
+        name = pw.TextField(primary_key=True)
+        applied_at = pw.BigIntegerField()
+
+        class Meta:
+            table_name = prefix + "schema"
+
+    return JobRow, RunRow, SchemaRow
+
+
+# -- migrations --------------------------------------------------------------
+
+
+@attrs.frozen
+class MigrationContext:
+    """What a migration function gets: the database, a playhouse.migrate
+    migrator for ``ALTER``-style changes, and the store's current models."""
+
+    db: pw.Database
+    migrator: SchemaMigrator
+    prefix: str
+    engine: str
+    jobs: type[pw.Model]
+    runs: type[pw.Model]
+
+    def table(self, name: str) -> str:
+        return self.prefix + name
+
+
+@attrs.frozen
+class Migration:
+    name: str
+    apply: Callable[[MigrationContext], None]
+
+
+def _m0001_initial(ctx: MigrationContext) -> None:
+    # Uses the current models, which is right while this is the only
+    # migration. Once a later migration alters a table, freeze the initial
+    # definitions here so a fresh database still goes through every step.
+    ctx.db.create_tables([ctx.jobs, ctx.runs])
+
+
+def _m0002_missed_count(ctx: MigrationContext) -> None:
+    # 0001 creates tables from the current models, so on a fresh database the
+    # column already exists; only databases made before 0002 need it added.
+    table = ctx.table("jobs")
+    if "missed_count" not in {c.name for c in ctx.db.get_columns(table)}:
+        from playhouse.migrate import migrate
+
+        migrate(ctx.migrator.add_column(table, "missed_count", pw.BigIntegerField(default=0)))
+
+
+#: Applied in order, each in its own transaction, and recorded by name in
+#: ``<prefix>schema``. Only ever append.
+MIGRATIONS: list[Migration] = [
+    Migration("0001_initial", _m0001_initial),
+    Migration("0002_missed_count", _m0002_missed_count),
+]
+
+
+# -- configuration -----------------------------------------------------------
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return parts._replace(netloc=f"{user}:***@{netloc[2]}").geturl()
+
+
+def _sqlite_database(url: str, parts, options: dict[str, Any]) -> pw.SqliteDatabase:
+    if parts.netloc:
+        raise ConfigurationError(
+            f"SQLite URL {_redact(url)!r} has a host part: use sqlite:///relative/path.db "
+            "or sqlite:////absolute/path.db"
+        )
+    path = unquote(parts.path[1:])
+    if not path or path == ":memory:" or path.startswith("file:"):
+        raise ConfigurationError(
+            f"SQLite URL {url!r} must name a database file "
+            "(for a store in memory use the 'memory' backend)"
+        )
+    unknown = set(options) - {"timeout", "pragmas"}
+    if unknown or parts.query:
+        raise ConfigurationError(
+            f"unsupported SQLite option(s) {sorted(unknown) or parts.query!r} "
+            "(supported: timeout, pragmas)"
+        )
+    return pw.SqliteDatabase(
+        os.path.abspath(path),
+        pragmas={**SQLITE_PRAGMAS, **options.get("pragmas", {})},
+        timeout=float(options.get("timeout", SQLITE_TIMEOUT)),
+        # each connection stays in its thread; close() may close it from another
+        check_same_thread=False,
+    )
+
+
+def _postgres_database(url: str, parts, options: dict[str, Any]) -> pw.PostgresqlDatabase:
+    if psycopg2 is None:
+        try:
+            import psycopg  # noqa: F401  (peewee can use psycopg 3 as well)
+        except ImportError:
+            raise ConfigurationError(
+                "PostgreSQL needs psycopg2: pip install pjcore[postgres]"
+            ) from None
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"invalid port in database URL {_redact(url)!r}") from None
+    dbname = unquote(parts.path.lstrip("/"))
+    if not dbname or "/" in dbname:
+        raise ConfigurationError(
+            f"database URL {_redact(url)!r} must name one database: "
+            "postgresql://user:password@host:port/dbname"
+        )
+    params: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT}
+    params.update(parse_qsl(parts.query))
+    for key, value in (
+        ("user", parts.username),
+        ("password", parts.password),
+        ("host", parts.hostname),
+        ("port", port),
+    ):
+        if value is not None:
+            params[key] = unquote(value) if isinstance(value, str) else value
+    params.update(options)
+    return pw.PostgresqlDatabase(dbname, **params)
+
+
+def _open_database(url: str, options: dict[str, Any]) -> pw.Database:
+    usage = "a URL such as sqlite:///path.db or postgresql://user:password@host:port/db"
+    if not isinstance(url, str):
+        raise ConfigurationError(f"expected {usage} or a peewee Database, not {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or "://" not in url:
+        raise ConfigurationError(f"malformed database URL: expected {usage}")
+    scheme = parts.scheme.lower()
+    if scheme == "sqlite":
+        return _sqlite_database(url, parts, options)
+    if scheme in ("postgresql", "postgres"):
+        return _postgres_database(url, parts, options)
+    raise ConfigurationError(
+        f"unsupported database URL scheme {scheme!r} in {_redact(url)!r} "
+        "(supported: sqlite, postgresql, postgres)"
+    )
+
+
+# -- conversions -------------------------------------------------------------
+
+
+def _us(value: datetime | None) -> int | None:
+    return None if value is None else to_micros(as_aware_utc(value))
+
+
+def _column(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _us(value)
+    if isinstance(value, JobPolicy):
+        return json.dumps(value.to_dict(), sort_keys=True)
+    if isinstance(value, (JobStatus, PausedBy, RunStatus, RunTrigger)):
+        return value.value
+    return value
+
+
+def _job(row: dict[str, Any]) -> Job:
+    return Job(
+        **{k: row[k] for k in ("id", "plugin_id", "plugin_key", "job_key", "display_name",
+                               "description", "schedule", "timezone", "status",
+                               "paused_by", "status_reason", "missed_count")},
+        policy=JobPolicy.from_dict(json.loads(row["policy"])),
+        next_run_at=from_micros(row["next_run_at"]),
+        last_run_at=from_micros(row["last_run_at"]),
+        created_at=from_micros(row["created_at"]),
+        updated_at=from_micros(row["updated_at"]),
+    )
+
+
+def _run(row: dict[str, Any]) -> JobRun:
+    return JobRun(
+        **{k: row[k] for k in ("id", "plugin_id", "job_key", "trigger", "status",
+                               "duration_ms", "error", "error_detail", "owner")},
+        job_id=row["job"],
+        **{k: from_micros(row[k]) for k in ("scheduled_for", "created_at", "started_at",
+                                            "finished_at", "lease_until")},
+    )
+
+
+def _operation(fn):
+    """Run a store method on this thread's connection; database errors become
+    StoreError (pjcore's own errors pass through)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: "PeeweeJobStore", *args: Any, **kwargs: Any):
+        if self._closed:
+            raise StoreError(f"{self._label}: the store is closed")
+        try:
+            self._connect()
+            return fn(self, *args, **kwargs)
+        except _DB_ERRORS as exc:
+            self._drop_broken_connection()
+            raise self._store_error(fn.__name__, exc) from exc
+
+    return wrapper
+
+
+def _chunks(items: Sequence[Any]):
+    for start in range(0, len(items), _CHUNK):
+        yield items[start:start + _CHUNK]
+
+
+# -- the store ---------------------------------------------------------------
+
+
+class PeeweeJobStore(BaseJobStore):
+    """Jobs and runs in SQLite or PostgreSQL through peewee.
+
+    :param url_or_database: ``sqlite:///relative.db``, ``sqlite:////abs.db``,
+        ``postgresql://user:password@host:port/dbname`` (or ``postgres://``),
+        or a peewee ``SqliteDatabase`` / ``PostgresqlDatabase``. A database
+        built from a URL is owned (and closed) by the store; one passed in is
+        only closed for the calling thread.
+    :param table_prefix: prefix of the three table names.
+    :param options: with a URL only. SQLite: ``timeout`` (seconds) and
+        ``pragmas``; PostgreSQL: psycopg2 connection parameters.
+    """
+
+    def __init__(
+        self, url_or_database: str | pw.Database, *, table_prefix: str = "pj_", **options: Any
+    ) -> None:
+        self._closed = True  # until fully constructed: close() is then a no-op
+        if not isinstance(table_prefix, str) or not PREFIX_PATTERN.match(table_prefix):
+            raise ConfigurationError(
+                f"table_prefix {table_prefix!r} must match {PREFIX_PATTERN.pattern}"
+            )
+        if isinstance(url_or_database, pw.Database):
+            if options:
+                raise ConfigurationError(
+                    f"options {sorted(options)} only apply to a database URL, "
+                    "not to a peewee Database instance"
+                )
+            db, self._owned = url_or_database, False
+        else:
+            db, self._owned = _open_database(url_or_database, options), True
+        if isinstance(db, pw.PostgresqlDatabase):
+            self.engine = "postgresql"
+        elif isinstance(db, pw.SqliteDatabase):
+            self.engine = "sqlite"
+        else:
+            raise ConfigurationError(
+                f"unsupported peewee database {type(db).__name__} "
+                "(supported: SqliteDatabase, PostgresqlDatabase)"
+            )
+        self._db = db
+        self._pg = self.engine == "postgresql"
+        self.table_prefix = table_prefix
+        self._password = db.connect_params.get("password")
+        self._Job, self._Run, self._Schema = _define_models(db, table_prefix, self._pg)
+        # SQLite: take the write lock up front so concurrent writers queue on
+        # busy_timeout instead of failing on a read-to-write upgrade.
+        # PostgreSQL: rows are locked explicitly (SELECT ... FOR UPDATE).
+        self._write = (lambda: db.atomic()) if self._pg else (lambda: db.atomic("IMMEDIATE"))
+        # Threads (scheduler, workers) keep their per-thread connection for
+        # their lifetime; remember them so close() can close them all.
+        self._conns: list[tuple[threading.Thread, Any]] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        self.schema_version = 0
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- plumbing --------------------------------------------------------
+
+    @property
+    def database(self) -> pw.Database:
+        """The peewee database (for tools and tests; the tables are private)."""
+        return self._db
+
+    @property
+    def database_name(self) -> str:
+        db = self._db
+        if not self._pg:
+            return str(db.database)
+        p = db.connect_params
+        user = f"{p['user']}@" if p.get("user") else ""
+        port = f":{p['port']}" if p.get("port") else ""
+        return f"{user}{p.get('host') or 'localhost'}{port}/{db.database}"
+
+    @property
+    def _label(self) -> str:
+        where = f"{self.engine} {self.database_name}, prefix {self.table_prefix!r}"
+        return f"peewee job store ({where})"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(engine={self.engine!r}, "
+            f"database={self.database_name!r}, table_prefix={self.table_prefix!r})"
+        )
+
+    def _store_error(self, operation: str, exc: BaseException) -> StoreError:
+        detail = str(exc).strip() or type(exc).__name__
+        if self._password:
+            detail = detail.replace(str(self._password), "***")
+        return StoreError(f"{self._label}: {operation} failed: {detail}")
+
+    def _connect(self) -> None:
+        if not self._db.is_closed():
+            return
+        self._db.connect()
+        if not self._owned:
+            return
+        me = threading.current_thread()
+        with self._conns_lock:
+            alive = []
+            for thread, conn in self._conns:
+                if thread.is_alive() and thread is not me:
+                    alive.append((thread, conn))
+                else:  # its thread ended (or it is this thread's stale one)
+                    self._close_raw(conn)
+            alive.append((me, self._db.connection()))
+            self._conns = alive
+
+    @staticmethod
+    def _close_raw(conn: Any) -> None:
+        try:
+            conn.close()
+        except Exception:  # already closed or unusable: nothing to release
+            pass
+
+    def _drop_broken_connection(self) -> None:
+        # A PostgreSQL connection that died stays "open" for peewee; drop it
+        # so the next operation on this thread reconnects.
+        if self._pg and not self._db.in_transaction() and not self._db.is_closed():
+            if getattr(self._db.connection(), "closed", 0):
+                try:
+                    self._db.close()
+                except Exception:
+                    pass
+
+    def _lock(self, query: pw.Select) -> pw.Select:
+        return query.for_update() if self._pg else query
+
+    def _advisory_lock(self, *key: str) -> None:
+        if self._pg:
+            digest = hashlib.blake2b("\0".join(key).encode(), digest_size=8).digest()
+            self._db.execute_sql(
+                "SELECT pg_advisory_xact_lock(%s)", (int.from_bytes(digest, "big", signed=True),)
+            )
+
+    def _migrate(self) -> None:
+        try:
+            self._connect()
+            migrations = list(MIGRATIONS)
+            known = {m.name for m in migrations}
+            Schema = self._Schema
+
+            def applied() -> set[str]:
+                self._advisory_lock("pjcore-schema", self.table_prefix)
+                Schema.create_table(safe=True)
+                names = {name for (name,) in Schema.select(Schema.name).tuples()}
+                newer = sorted(names - known)
+                if newer:
+                    raise StoreError(
+                        f"{self._label}: schema is newer than this pjcore: the database "
+                        f"records migration(s) {', '.join(newer)} that this version does "
+                        "not know; upgrade pjcore"
+                    )
+                return names
+
+            with self._write():
+                done = applied()
+            for migration in migrations:
+                if migration.name in done:
+                    continue
+                with self._write():
+                    done = applied()  # another process may have applied it meanwhile
+                    if migration.name in done:
+                        continue
+                    migration.apply(self._migration_context())
+                    Schema.insert(
+                        name=migration.name, applied_at=to_micros(datetime.now(timezone.utc))
+                    ).execute()
+                    done = done | {migration.name}
+                    logger.debug("{}: applied migration {}", self._label, migration.name)
+            self.schema_version = len(done)
+        except _DB_ERRORS as exc:
+            raise self._store_error("migration", exc) from exc
+
+    def _migration_context(self) -> MigrationContext:
+        return MigrationContext(
+            db=self._db,
+            migrator=SchemaMigrator.from_database(self._db),
+            prefix=self.table_prefix,
+            engine=self.engine,
+            jobs=self._Job,
+            runs=self._Run,
+        )
+
+    # -- lifecycle -------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not self._db.is_closed() and not self._db.in_transaction():
+                self._db.close()
+        except Exception:
+            pass
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for _, conn in conns:
+            self._close_raw(conn)
+
+    @_operation
+    def drop_tables(self) -> None:
+        """Drop this store's tables (for tests and tools); reopen to recreate."""
+        with self._write():
+            self._db.drop_tables([self._Run, self._Job, self._Schema], safe=True)
+        self.schema_version = 0
+
+    # -- jobs ------------------------------------------------------------
+
+    def _job_row(self, query) -> Job | None:
+        row = query.dicts().first()
+        return None if row is None else _job(row)
+
+    @_operation
+    def sync_jobs(
+        self,
+        plugin_id: str,
+        plugin_key: str,
+        declarations: Sequence[JobDeclaration],
+        *,
+        now: datetime,
+    ) -> SyncResult:
+        now = as_aware_utc(now)
+        J = self._Job
+        with self._write():
+            # PostgreSQL: serialise syncs of one plugin (inserts included)
+            # and keep operator pauses from interleaving with the plan.
+            self._advisory_lock("pjcore-sync", self.table_prefix, plugin_id)
+            query = self._lock(J.select().where(J.plugin_id == plugin_id).order_by(J.id))
+            existing = [_job(r) for r in query.dicts()]
+            plan = plan_sync(plugin_id, plugin_key, existing, declarations, now)
+            rows = [
+                {f.name: _column(getattr(job, f.name)) for f in attrs.fields(Job)}
+                for job in plan.inserts
+            ]
+            for chunk in _chunks(rows):
+                J.insert_many(chunk).execute()
+            for change in plan.changes:
+                values = {k: _column(v) for k, v in change.values.items()}
+                J.update(values).where(J.id == change.job_id).execute()
+        return plan.result()
+
+    @_operation
+    def list_jobs(self, plugin_id: str | None = None, *, status: str | None = None) -> list[Job]:
+        J = self._Job
+        query = J.select().order_by(J.plugin_key, J.job_key, J.id)
+        if plugin_id is not None:
+            query = query.where(J.plugin_id == plugin_id)
+        if status is not None:
+            query = query.where(J.status == JobStatus(status).value)
+        return [_job(r) for r in query.dicts()]
+
+    @_operation
+    def get_job(self, job_id: str) -> Job | None:
+        return self._job_row(self._Job.select().where(self._Job.id == job_id))
+
+    @_operation
+    def get_job_by_key(self, plugin_id: str, job_key: str) -> Job | None:
+        J = self._Job
+        return self._job_row(J.select().where((J.plugin_id == plugin_id) & (J.job_key == job_key)))
+
+    @_operation
+    def get_job_for_plugin(self, plugin_id: str, job_id: str) -> Job | None:
+        J = self._Job
+        return self._job_row(J.select().where((J.id == job_id) & (J.plugin_id == plugin_id)))
+
+    @_operation
+    def pause_job(self, job_id: str, *, reason: str | None = None, now: datetime) -> Job:
+        J = self._Job
+        with self._write():
+            changed = J.update(
+                status=JobStatus.paused.value,
+                paused_by=PausedBy.operator.value,
+                status_reason=reason,
+                next_run_at=None,
+                updated_at=_us(now),
+            ).where(J.id == job_id).execute()
+            if not changed:
+                raise JobLookupError(job_id)
+            return self._job_row(J.select().where(J.id == job_id))
+
+    @_operation
+    def resume_job(self, job_id: str, *, now: datetime) -> Job:
+        now = as_aware_utc(now)
+        J = self._Job
+        with self._write():
+            job = self._job_row(self._lock(J.select().where(J.id == job_id)))
+            if job is None:
+                raise JobLookupError(job_id)
+            if job.status is JobStatus.active:
+                return job
+            if job.paused_by is PausedBy.manifest:
+                raise JobStateError(
+                    f'Job "{job.job_key}" was paused because its plugin no longer declares '
+                    "it; declare it again to resume it"
+                )
+            J.update(
+                status=JobStatus.active.value,
+                paused_by=None,
+                status_reason=None,
+                next_run_at=_us(first_fire(job.schedule, job.timezone, now)),
+                updated_at=_us(now),
+            ).where(J.id == job_id).execute()
+            return self._job_row(J.select().where(J.id == job_id))
+
+    @_operation
+    def set_next_run(
+        self,
+        job_id: str,
+        *,
+        expected: datetime | None,
+        next_run_at: datetime | None,
+        last_run_at: datetime | None = None,
+        now: datetime,
+    ) -> bool:
+        J = self._Job
+        values: dict[str, Any] = {"next_run_at": _us(next_run_at), "updated_at": _us(now)}
+        if last_run_at is not None:
+            values["last_run_at"] = _us(last_run_at)
+        same = J.next_run_at.is_null() if expected is None else J.next_run_at == _us(expected)
+        query = J.update(values).where(
+            (J.id == job_id) & (J.status == JobStatus.active.value) & same
+        )
+        return query.execute() == 1
+
+    @_operation
+    def due_jobs(
+        self, now: datetime, *, limit: int = 100, plugin_ids: Sequence[str] | None = None
+    ) -> list[Job]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive integer, not {limit!r}")
+        J = self._Job
+        where = (J.status == JobStatus.active.value) & (J.next_run_at <= _us(now))
+        if plugin_ids is not None:
+            where &= J.plugin_id.in_(list(plugin_ids))
+        query = J.select().where(where).order_by(J.next_run_at, J.id).limit(limit)
+        return [_job(r) for r in query.dicts()]
+
+    @_operation
+    def next_due_at(self, plugin_ids: Sequence[str] | None = None) -> datetime | None:
+        J = self._Job
+        where = (J.status == JobStatus.active.value) & J.next_run_at.is_null(False)
+        if plugin_ids is not None:
+            where &= J.plugin_id.in_(list(plugin_ids))
+        return from_micros(J.select(pw.fn.MIN(J.next_run_at)).where(where).scalar())
+
+    @_operation
+    def claim_slot(
+        self,
+        job_id: str,
+        *,
+        expected: datetime | None,
+        run_slot: datetime | None,
+        next_run_at: datetime | None,
+        missed: int = 0,
+        now: datetime,
+    ) -> Claim:
+        J, R = self._Job, self._Run
+        seen, slot = _us(expected), _us(run_slot)
+        same = J.next_run_at.is_null() if seen is None else J.next_run_at == seen
+        run = None
+        try:
+            with self._write():
+                # SQLite holds the write lock; PostgreSQL locks the job row, so
+                # a competing scheduler waits here and then sees the new pointer.
+                job = self._lock(J.select(J.plugin_id, J.job_key).where(
+                    (J.id == job_id) & (J.status == JobStatus.active.value) & same
+                )).dicts().first()
+                if job is None:
+                    return Claim(applied=False)
+                values: dict[str, Any] = {"next_run_at": _us(next_run_at), "updated_at": _us(now),
+                                          "missed_count": J.missed_count + missed}
+                if slot is not None:
+                    mine = R.job == job_id
+                    if R.select().where(mine & R.status.in_(_NON_TERMINAL)).exists():
+                        return Claim(applied=False)
+                    if not R.select().where(mine & (R.scheduled_for == slot)).exists():
+                        run = JobRun(id=new_id(), job_id=job_id, plugin_id=job["plugin_id"],
+                                     job_key=job["job_key"], trigger=RunTrigger.schedule,
+                                     scheduled_for=run_slot, created_at=now)
+                        R.insert({("job" if f.name == "job_id" else f.name):
+                                  _column(getattr(run, f.name)) for f in attrs.fields(JobRun)}
+                                 ).execute()
+                    values["last_run_at"] = slot
+                J.update(values).where(J.id == job_id).execute()
+        except pw.IntegrityError:
+            # the slot's run appeared between the check and the insert
+            return Claim(applied=False)
+        return Claim(applied=True, run=run)
+
+    @_operation
+    def delete_plugin(self, plugin_id: str) -> int:
+        J, R = self._Job, self._Run
+        with self._write():
+            ids = J.select(J.id).where(J.plugin_id == plugin_id)
+            R.delete().where(R.job.in_(ids)).execute()
+            return J.delete().where(J.plugin_id == plugin_id).execute()
+
+    # -- runs ------------------------------------------------------------
+
+    @_operation
+    def create_run(
+        self,
+        job_id: str,
+        *,
+        trigger: RunTrigger | str,
+        now: datetime,
+        scheduled_for: datetime | None = None,
+        exclusive: bool = True,
+    ) -> JobRun:
+        J, R = self._Job, self._Run
+        run = JobRun(
+            id=new_id(),
+            job_id=job_id,
+            plugin_id="",
+            job_key="",
+            trigger=RunTrigger(trigger),
+            scheduled_for=scheduled_for,
+            created_at=now,
+        )
+        slot = _us(run.scheduled_for)
+        try:
+            with self._write():
+                # SQLite holds the database write lock; PostgreSQL locks the
+                # job row, so the check and the insert are one step.
+                job = self._lock(J.select(J.plugin_id, J.job_key).where(J.id == job_id))
+                job = job.dicts().first()
+                if job is None:
+                    raise JobLookupError(job_id)
+                run = attrs.evolve(run, plugin_id=job["plugin_id"], job_key=job["job_key"])
+                mine = R.job == job_id
+                if slot is not None and R.select().where(mine & (R.scheduled_for == slot)).exists():
+                    raise SlotAlreadyClaimed(run.job_key, run.scheduled_for)
+                if exclusive and R.select().where(mine & R.status.in_(_NON_TERMINAL)).exists():
+                    raise JobAlreadyRunning(run.job_key)
+                R.insert(
+                    {("job" if f.name == "job_id" else f.name): _column(getattr(run, f.name))
+                     for f in attrs.fields(JobRun)}
+                ).execute()
+        except pw.IntegrityError as exc:
+            # only the (job_id, scheduled_for) index can conflict: the job row is held
+            raise SlotAlreadyClaimed(run.job_key, run.scheduled_for) from exc
+        return run
+
+    @_operation
+    def mark_running(
+        self,
+        run_id: str,
+        *,
+        now: datetime,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> bool:
+        R = self._Run
+        query = R.update(
+            status=RunStatus.running.value,
+            started_at=_us(now),
+            owner=owner,
+            lease_until=_us(lease_until),
+        ).where((R.id == run_id) & (R.status == RunStatus.queued.value))
+        return query.execute() == 1
+
+    def _finish(self, now_us: int, status: RunStatus, error: str | None) -> dict[str, Any]:
+        R = self._Run
+        # duration from started_at, in SQL so the guarded UPDATE stays one
+        # statement; NULL when the run never started, 0 on a clock going back
+        duration = pw.Case(
+            None, [(R.started_at > now_us, 0)], (pw.Value(now_us) - R.started_at) / 1000
+        )
+        return {"status": status.value, "finished_at": now_us, "duration_ms": duration,
+                "error": error}
+
+    @_operation
+    def complete_run(
+        self,
+        run_id: str,
+        *,
+        status: RunStatus | str,
+        now: datetime,
+        error: str | None = None,
+        error_detail: str | None = None,
+    ) -> bool:
+        R = self._Run
+        values = self._finish(_us(now), terminal_status(status), error)
+        values["error_detail"] = error_detail
+        query = R.update(values).where((R.id == run_id) & R.status.in_(_NON_TERMINAL))
+        return query.execute() == 1
+
+    @_operation
+    def get_run(self, run_id: str) -> JobRun | None:
+        row = self._Run.select().where(self._Run.id == run_id).dicts().first()
+        return None if row is None else _run(row)
+
+    @_operation
+    def list_runs(
+        self,
+        *,
+        plugin_id: str | None = None,
+        job_id: str | None = None,
+        status: RunStatus | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        check_limit(limit)
+        R = self._Run
+        query = R.select().order_by(R.created_at.desc(), R.id.desc()).limit(limit + 1)
+        if plugin_id is not None:
+            query = query.where(R.plugin_id == plugin_id)
+        if job_id is not None:
+            query = query.where(R.job == job_id)
+        if status is not None:
+            query = query.where(R.status == RunStatus(status).value)
+        if cursor is not None:
+            at, last_id = decode_cursor(cursor)
+            query = query.where((R.created_at < at) | ((R.created_at == at) & (R.id < last_id)))
+        runs = [_run(r) for r in query.dicts()]
+        more = len(runs) > limit
+        runs = runs[:limit]
+        next_cursor = encode_cursor(runs[-1].created_at, runs[-1].id) if more else None
+        return RunPage(runs=tuple(runs), next_cursor=next_cursor)
+
+    @_operation
+    def cancel_runs(
+        self,
+        plugin_id: str,
+        *,
+        reason: str,
+        now: datetime,
+        job_id: str | None = None,
+    ) -> list[str]:
+        R = self._Run
+        where = (R.plugin_id == plugin_id) & R.status.in_(_NON_TERMINAL)
+        if job_id is not None:
+            where &= R.job == job_id
+        values = self._finish(_us(now), RunStatus.cancelled, reason)
+        with self._write():
+            query = self._lock(R.select(R.id).where(where).order_by(R.created_at, R.id))
+            ids = [run_id for (run_id,) in query.tuples()]
+            for chunk in _chunks(ids):
+                R.update(values).where(R.id.in_(chunk) & R.status.in_(_NON_TERMINAL)).execute()
+        return ids
+
+    @_operation
+    def prune_runs(
+        self,
+        *,
+        now: datetime,
+        max_age: timedelta | None = None,
+        keep_per_job: int | None = None,
+    ) -> int:
+        if max_age is not None and (not isinstance(max_age, timedelta) or max_age < timedelta(0)):
+            raise ValueError(f"max_age must be a non-negative timedelta, not {max_age!r}")
+        if keep_per_job is not None and (
+            isinstance(keep_per_job, bool) or not isinstance(keep_per_job, int) or keep_per_job < 0
+        ):
+            raise ValueError(f"keep_per_job must be a non-negative integer, not {keep_per_job!r}")
+        R = self._Run
+        terminal = R.status.in_(_TERMINAL)
+        deleted = 0
+        with self._write():
+            if max_age is not None:
+                cutoff = _us(now) - max_age // timedelta(microseconds=1)
+                deleted += R.delete().where(terminal & (R.created_at < cutoff)).execute()
+            if keep_per_job is not None:
+                rank = pw.fn.ROW_NUMBER().over(
+                    partition_by=[R.job], order_by=[R.created_at.desc(), R.id.desc()]
+                )
+                ranked = R.select(R.id.alias("rid"), rank.alias("rn")).alias("ranked")
+                beyond = pw.Select([ranked], [ranked.c.rid]).where(ranked.c.rn > keep_per_job)
+                deleted += R.delete().where(terminal & R.id.in_(beyond)).execute()
+        return deleted

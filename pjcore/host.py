@@ -1,0 +1,239 @@
+"""``Host``: the one object a host application creates to run plugin jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Iterable, Mapping
+
+from loguru import logger
+
+from pjcore import cron
+from pjcore.abc import JobStore, Runner, Scheduler
+from pjcore.clock import Clock, SystemClock
+from pjcore.coordinator import Coordinator
+from pjcore.exceptions import ConfigurationError, JobLookupError, PjError
+from pjcore.manifest import Manifest
+from pjcore.models import Job, JobRun, RunPage
+from pjcore.plugins import PluginManager, make_plugin_manager, notify
+
+__all__ = ["Host"]
+
+DEFAULT_DATABASE = "sqlite:///pjcore.db"
+
+
+class Host:
+    """Builds the plugin manager and the backends, and runs them.
+
+    :param database: store URL: ``sqlite:///path.db`` (default
+        ``sqlite:///pjcore.db``) or ``postgresql://user@host/db``.
+    :param store, scheduler, runner: backend names (see ``pjcore backends``).
+    :param plugins: plugin objects or modules to register besides entry points
+        (job handlers, observers, manifests).
+    :param load_entrypoints: load the ``pjcore`` entry-point group.
+    :param clock: inject a :class:`~pjcore.clock.ManualClock` in tests.
+    :param max_concurrent: runs in flight at once.
+    :param default_timeout: seconds before a run is recorded as timed out.
+
+    Use as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        database: str | None = None,
+        *,
+        store: str = "peewee",
+        scheduler: str = "thread",
+        runner: str = "thread",
+        plugins: Iterable[Any] = (),
+        load_entrypoints: bool = True,
+        strict_plugins: bool | None = None,
+        clock: Clock | None = None,
+        max_concurrent: int = 10,
+        default_timeout: float | None = 300.0,
+        store_options: Mapping[str, Any] | None = None,
+        scheduler_options: Mapping[str, Any] | None = None,
+        plugin_manager: PluginManager | None = None,
+    ) -> None:
+        self.clock = clock or SystemClock()
+        self.pm = plugin_manager or make_plugin_manager(
+            load_entrypoints=load_entrypoints, plugins=plugins, strict=strict_plugins
+        )
+        backends = self.pm.backends
+        self.store: JobStore = backends.create(
+            "store", store, url=database or DEFAULT_DATABASE, **dict(store_options or {})
+        )
+        try:
+            self.runner: Runner = backends.create("runner", runner, max_workers=max_concurrent)
+            self.scheduler: Scheduler = backends.create(
+                "scheduler",
+                scheduler,
+                store=self.store,
+                runner=self.runner,
+                resolve=self._resolve,
+                notify=self._notify,
+                clock=self.clock,
+                max_concurrent=max_concurrent,
+                default_timeout=default_timeout,
+                **dict(scheduler_options or {}),
+            )
+            self.coordinator = Coordinator(store=self.store, scheduler=self.scheduler,
+                                           clock=self.clock)
+        except BaseException:
+            self.store.close()
+            raise
+        self.pm.register(self.coordinator, name="pjcore.coordinator")
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"Host(store={self.store!r}, scheduler={self.scheduler!r})"
+
+    # -- wiring ----------------------------------------------------------------
+
+    def _resolve(self, plugin_key: str, job_key: str):
+        handler = self.pm.handlers.find(plugin_key, job_key)
+        return None if handler is None else handler.func
+
+    def _notify(self, hook_name: str, **kwargs: Any) -> None:
+        notify(self.pm, hook_name, **kwargs)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> "Host":
+        if self._closed:
+            raise ConfigurationError("this Host was stopped; create a new one")
+        if not self._started:
+            self.runner.start()
+            self.scheduler.start()
+            self._started = True
+        return self
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop the scheduler, draining runs up to *timeout*, then close the store."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.scheduler.stop(timeout)
+            self.runner.stop(0)
+        finally:
+            self.store.close()
+
+    close = stop
+
+    def __enter__(self) -> "Host":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- plugin lifecycle (what a host application calls) ----------------------
+
+    def load_plugin(self, plugin_id: str, plugin_key: str, manifest: Manifest | Mapping[str, Any]) -> None:
+        self.pm.hook.plugin_loaded(plugin_id=plugin_id, plugin_key=plugin_key, manifest=manifest)
+
+    def disable_plugin(self, plugin_id: str, plugin_key: str, reason: str | None = None) -> None:
+        self.pm.hook.plugin_disabled(plugin_id=plugin_id, plugin_key=plugin_key, reason=reason)
+
+    def unload_plugin(self, plugin_id: str, plugin_key: str, remove_data: bool = False) -> None:
+        self.pm.hook.plugin_unloaded(plugin_id=plugin_id, plugin_key=plugin_key,
+                                     remove_data=remove_data)
+
+    def declared_manifests(self) -> list[Manifest]:
+        """Manifests that installed plugins declare through ``register_manifests``."""
+        return self.pm.manifests()
+
+    def load_declared_plugins(self) -> list[str]:
+        """Load every plugin that declares its manifest itself (plugin id = key).
+
+        A plugin whose manifest is invalid is logged and skipped; the others load.
+        :return: the keys of the plugins loaded.
+        """
+        loaded = []
+        for manifest in self.declared_manifests():
+            try:
+                self.load_plugin(manifest.key, manifest.key, manifest)
+            except PjError as exc:
+                logger.error("pjcore could not load plugin {plugin}: {error}",
+                             plugin=manifest.key, error=exc)
+                continue
+            loaded.append(manifest.key)
+        return loaded
+
+    # -- queries and commands --------------------------------------------------
+
+    def _plugin_id(self, plugin: str) -> str:
+        """Accept a plugin id or a plugin key."""
+        if self.store.list_jobs(plugin):
+            return plugin
+        for job in self.store.list_jobs():
+            if job.plugin_key == plugin:
+                return job.plugin_id
+        return plugin
+
+    def job(self, plugin: str, job_key: str) -> Job:
+        plugin_id = self._plugin_id(plugin)
+        job = self.store.get_job_by_key(plugin_id, job_key)
+        if job is None:
+            raise JobLookupError(job_key, plugin)
+        return job
+
+    def jobs(self, plugin: str | None = None, *, status: str | None = None) -> list[Job]:
+        return self.store.list_jobs(None if plugin is None else self._plugin_id(plugin),
+                                    status=status)
+
+    def runs(
+        self,
+        plugin: str | None = None,
+        job_key: str | None = None,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        plugin_id = None if plugin is None else self._plugin_id(plugin)
+        job_id = None
+        if job_key is not None:
+            if plugin is None:
+                raise ConfigurationError("a job key needs its plugin")
+            job_id = self.job(plugin, job_key).id
+        return self.store.list_runs(plugin_id=plugin_id, job_id=job_id, status=status,
+                                    limit=limit, cursor=cursor)
+
+    def run(self, run_id: str) -> JobRun | None:
+        return self.store.get_run(run_id)
+
+    def trigger(self, plugin: str, job_key: str, *, trigger: str = "manual") -> str:
+        """Start a run now; returns its id at once (see ``Scheduler.trigger``)."""
+        job = self.job(plugin, job_key)
+        return self.scheduler.trigger(job.id, trigger=trigger, plugin_id=job.plugin_id)
+
+    def pause(self, plugin: str, job_key: str, reason: str | None = None) -> Job:
+        job = self.store.pause_job(self.job(plugin, job_key).id, reason=reason, now=self.clock.now())
+        self.scheduler.wake()
+        return job
+
+    def resume(self, plugin: str, job_key: str) -> Job:
+        job = self.store.resume_job(self.job(plugin, job_key).id, now=self.clock.now())
+        self.scheduler.wake()
+        return job
+
+    def upcoming(self, count: int = 5, plugin: str | None = None,
+                 after: datetime | None = None) -> list[tuple[Job, list[datetime]]]:
+        """The next *count* fire times of every active scheduled job."""
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+            raise ConfigurationError(f"count must be an integer between 1 and 1000, not {count!r}")
+        start = after or self.clock.now()
+        out = []
+        for job in self.jobs(plugin):
+            if job.status.value != "active" or not job.schedule:
+                continue
+            first = job.next_run_at or cron.next_after(job.schedule, start, job.timezone)
+            times = [first] + cron.preview(job.schedule, first, count - 1, job.timezone)
+            out.append((job, times[:count]))
+        out.sort(key=lambda pair: pair[1][0])
+        return out
+
+    def diagnostics(self) -> dict:
+        return self.scheduler.diagnostics()
+

@@ -1,0 +1,3 @@
+"""A plugin whose import fails: discovery must survive it."""
+
+raise RuntimeError("boom")

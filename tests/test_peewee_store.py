@@ -1,0 +1,526 @@
+"""Behaviour specific to the peewee store: engines, isolation, schema, processes.
+
+The general JobStore contract is checked by the shared suite
+(pjcore.testing, tests/test_store_contract.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import peewee as pw
+import pytest
+from playhouse.migrate import SchemaMigrator, migrate
+
+from pjcore.contrib import peewee_store
+from pjcore.contrib.peewee_store import MIGRATIONS, Migration, PeeweeJobStore
+from pjcore.exceptions import ConfigurationError, SlotAlreadyClaimed, StoreError
+from pjcore.manifest import JobDeclaration
+
+T0 = datetime(2026, 1, 15, 10, 30, tzinfo=timezone.utc)
+PASSWORD = "hunter2-s3cret"
+
+
+def decl(key: str, schedule: str | None = "*/15 * * * *") -> JobDeclaration:
+    return JobDeclaration(job_key=key, display_name=f"Job {key}", schedule=schedule)
+
+
+# -- helpers (PostgreSQL availability: the postgres_url fixture of conftest.py) --
+
+
+def with_password(url: str, password: str = PASSWORD) -> str:
+    head, _, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    user = userinfo.partition(":")[0] if at else "postgres"
+    return f"{head}://{user}:{password}@{hostpart}"
+
+
+def unique_prefix(tag: str = "") -> str:
+    return f"t{uuid.uuid4().hex[:10]}{tag}_"
+
+
+ENGINES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=ENGINES)
+def open_store(request, tmp_path):
+    """A factory of stores on one database (a SQLite file, or the PostgreSQL
+    test database with prefixes unique to this test); cleans up afterwards."""
+    engine = request.param
+    if engine == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    base = unique_prefix()[:-1]
+    opened: list[PeeweeJobStore] = []
+    prefixes: set[str] = set()
+
+    def open_(tag: str = "", **kwargs) -> PeeweeJobStore:
+        prefix = f"{base}{tag}_"
+        prefixes.add(prefix)
+        store = PeeweeJobStore(kwargs.pop("url", url), table_prefix=prefix, **kwargs)
+        opened.append(store)
+        return store
+
+    open_.engine = engine
+    open_.url = url
+    yield open_
+    for store in opened:
+        store.close()
+    if engine == "postgresql":
+        _drop_pg_tables(url, prefixes)
+
+
+def _drop_pg_tables(url: str, prefixes) -> None:
+    import psycopg2
+    from psycopg2 import sql
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        for prefix in prefixes:
+            for table in ("runs", "jobs", "schema"):
+                cur.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(
+                    sql.Identifier(prefix + table)))
+    conn.close()
+
+
+# -- isolation -------------------------------------------------------------------
+
+
+def test_two_sqlite_stores_in_one_process_are_independent(tmp_path):
+    one = PeeweeJobStore(f"sqlite:///{tmp_path / 'one.db'}")
+    two = PeeweeJobStore(f"sqlite:///{tmp_path / 'two.db'}")
+    try:
+        one.sync_jobs("p", "acme", [decl("a"), decl("b")], now=T0)
+        assert [j.job_key for j in one.list_jobs()] == ["a", "b"]
+        assert two.list_jobs() == [] and two.next_due_at() is None
+
+        # interleaved use: each keeps its own rows
+        two.sync_jobs("p", "acme", [decl("c", None)], now=T0)
+        job_a = one.get_job_by_key("p", "a")
+        run = one.create_run(job_a.id, trigger="manual", now=T0)
+        assert two.get_job(job_a.id) is None and two.get_run(run.id) is None
+        two_run = two.create_run(two.get_job_by_key("p", "c").id, trigger="manual", now=T0)
+        assert [r.id for r in one.list_runs().runs] == [run.id]
+        assert [r.id for r in two.list_runs().runs] == [two_run.id]
+        assert one.delete_plugin("p") == 2
+        assert [j.job_key for j in two.list_jobs()] == ["c"]
+    finally:
+        one.close()
+        two.close()
+
+
+def test_two_prefixes_on_one_database_are_independent(open_store):
+    one, two = open_store("a"), open_store("b")
+    one.sync_jobs("p", "acme", [decl("a")], now=T0)
+    assert two.list_jobs() == []
+    two.sync_jobs("p", "acme", [decl("a")], now=T0)
+    # same plugin and key, different stores: separate rows, separate exclusivity
+    a1, a2 = one.get_job_by_key("p", "a"), two.get_job_by_key("p", "a")
+    assert a1.id != a2.id
+    # each prefix has its own indexes (index names are per database)
+    expected = {
+        "jobs": {"jobs_plugin_id_job_key", "jobs_status_next_run_at"},
+        "runs": {"runs_job_id_scheduled_for", "runs_job_id_status",
+                 "runs_plugin_id_created_at_id", "runs_created_at_id"},
+    }
+    for store in (one, two):
+        p = store.table_prefix
+        for table, names in expected.items():
+            found = {i.name for i in one.database.get_indexes(p + table)}
+            assert {p + n for n in names} <= found, found
+    slot = T0 + timedelta(minutes=15)
+    two.create_run(a2.id, trigger="schedule", now=T0, scheduled_for=slot)
+    with pytest.raises(SlotAlreadyClaimed):
+        two.create_run(a2.id, trigger="schedule", now=T0, scheduled_for=slot, exclusive=False)
+    one.create_run(a1.id, trigger="manual", now=T0)
+    assert one.delete_plugin("p") == 1
+    assert [j.id for j in two.list_jobs()] == [a2.id]
+    assert len(two.list_runs().runs) == 1
+
+
+# -- SQLite specifics ------------------------------------------------------------
+
+
+def test_sqlite_pragmas_are_active_on_every_connection(tmp_path):
+    store = PeeweeJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        def pragmas() -> tuple:
+            db = store.database
+            names = ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")
+            return tuple(db.execute_sql(f"PRAGMA {name}").fetchone()[0] for name in names)
+
+        expected = ("wal", 1, 1, 10_000)  # synchronous 1 = NORMAL
+        assert pragmas() == expected
+        seen = []
+        worker = threading.Thread(target=lambda: (store.list_jobs(), seen.append(pragmas())))
+        worker.start()
+        worker.join()
+        assert seen == [expected]
+    finally:
+        store.close()
+
+
+def test_sqlite_foreign_keys_cascade_runs_of_a_deleted_job(tmp_path):
+    store = PeeweeJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        store.sync_jobs("p", "acme", [decl("a")], now=T0)
+        job = store.get_job_by_key("p", "a")
+        run = store.create_run(job.id, trigger="manual", now=T0)
+        store.database.execute_sql('DELETE FROM "pj_jobs" WHERE id = ?', (job.id,))
+        assert store.get_run(run.id) is None
+    finally:
+        store.close()
+
+
+def test_sqlite_relative_path_is_resolved_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = PeeweeJobStore("sqlite:///data/../jobs.db", table_prefix="x_")
+    try:
+        assert store.database.database == str(tmp_path / "jobs.db")
+        assert (tmp_path / "jobs.db").exists()
+        assert repr(store) == (
+            f"PeeweeJobStore(engine='sqlite', database='{tmp_path / 'jobs.db'}', table_prefix='x_')"
+        )
+    finally:
+        store.close()
+
+
+def test_accepts_a_peewee_database(tmp_path):
+    db = pw.SqliteDatabase(str(tmp_path / "own.db"), pragmas={"journal_mode": "wal"})
+    store = PeeweeJobStore(db, table_prefix="mine_")
+    try:
+        store.sync_jobs("p", "acme", [decl("a")], now=T0)
+        assert "mine_jobs" in db.get_tables()
+    finally:
+        store.close()
+    with pytest.raises(ConfigurationError, match="only apply to a database URL"):
+        PeeweeJobStore(db, timeout=3)
+    with pytest.raises(ConfigurationError, match="unsupported peewee database"):
+        PeeweeJobStore(pw.MySQLDatabase("x"))
+
+
+def test_close_releases_the_connections_of_other_threads(tmp_path):
+    store = PeeweeJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    used, release = threading.Event(), threading.Event()
+    conns = []
+
+    def worker():
+        store.list_jobs()
+        conns.append(store.database.connection())
+        used.set()
+        release.wait(10)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        assert used.wait(10)
+        store.close()
+        store.close()  # idempotent
+        with pytest.raises(Exception, match="closed"):
+            conns[0].execute("SELECT 1")
+        with pytest.raises(StoreError, match="closed"):
+            store.list_jobs()
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_connections_of_finished_threads_are_not_kept(tmp_path):
+    store = PeeweeJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        for _ in range(5):
+            thread = threading.Thread(target=store.list_jobs)
+            thread.start()
+            thread.join()
+        store.list_jobs()
+        assert len(store._conns) <= 2  # this thread's, and at most the last worker's
+    finally:
+        store.close()
+
+
+def test_instants_are_stored_as_integer_microseconds(tmp_path):
+    store = PeeweeJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        store.sync_jobs("p", "acme", [decl("a")], now=T0 + timedelta(microseconds=7))
+        row = store.database.execute_sql(
+            'SELECT created_at, next_run_at, typeof(created_at) FROM "pj_jobs"').fetchone()
+        assert row == (int(T0.timestamp()) * 1_000_000 + 7,
+                       int((T0 + timedelta(minutes=15)).timestamp()) * 1_000_000, "integer")
+    finally:
+        store.close()
+
+
+# -- errors ----------------------------------------------------------------------
+
+
+def test_database_errors_become_store_errors_with_the_cause(open_store):
+    store = open_store()
+    store.database.drop_tables([store._Run])
+    with pytest.raises(StoreError, match="list_runs failed") as info:
+        store.list_runs()
+    assert isinstance(info.value.__cause__, pw.DatabaseError)
+    # the store is still usable for what remains
+    assert store.list_jobs() == []
+
+
+def test_unopenable_sqlite_file_is_a_store_error(tmp_path):
+    with pytest.raises(StoreError, match="unable to open"):
+        PeeweeJobStore(f"sqlite:///{tmp_path / 'missing-dir' / 'jobs.db'}")
+
+
+@pytest.mark.parametrize(
+    "url, match",
+    [
+        ("jobs.db", "malformed database URL"),
+        (f"postgresql://u:{PASSWORD}@[::1/db", "malformed database URL"),
+        (42, "peewee Database, not int"),
+        (f"mysql://root:{PASSWORD}@db/jobs", "unsupported database URL scheme 'mysql'"),
+        (f"sqlite://u:{PASSWORD}@host/jobs.db", "has a host part"),
+        ("sqlite://", "must name a database file"),
+        ("sqlite:///:memory:", "must name a database file"),
+        ("sqlite:///jobs.db?cache=shared", "unsupported SQLite option"),
+        (f"postgresql://u:{PASSWORD}@db:notaport/jobs", "invalid port"),
+        (f"postgresql://u:{PASSWORD}@db:5432/", "must name one database"),
+        (f"postgres://u:{PASSWORD}@db:5432/a/b", "must name one database"),
+    ],
+)
+def test_bad_urls_are_configuration_errors_without_the_password(url, match):
+    with pytest.raises(ConfigurationError, match=match) as info:
+        PeeweeJobStore(url)
+    assert PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize("prefix", ["", "Pj_", "1pj", "pj-", "p" * 22, None, "pj;drop"])
+def test_bad_table_prefix(prefix, tmp_path):
+    with pytest.raises(ConfigurationError, match="table_prefix"):
+        PeeweeJobStore(f"sqlite:///{tmp_path / 'jobs.db'}", table_prefix=prefix)
+    assert not (tmp_path / "jobs.db").exists()
+
+
+def test_unknown_sqlite_option(tmp_path):
+    with pytest.raises(ConfigurationError, match="unsupported SQLite option"):
+        PeeweeJobStore(f"sqlite:///{tmp_path / 'jobs.db'}", host="x")
+
+
+def test_missing_psycopg2_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(peewee_store, "psycopg2", None)
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # makes the import fail
+    with pytest.raises(ConfigurationError, match=r"pip install pjcore\[postgres\]"):
+        PeeweeJobStore("postgresql://u@127.0.0.1/db")
+
+
+def test_unreachable_postgres_is_a_store_error_without_the_password():
+    # port 1 on localhost refuses connections: no server is needed
+    with pytest.raises(StoreError) as info:
+        PeeweeJobStore(f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/test", connect_timeout=2)
+    assert PASSWORD not in str(info.value)
+    assert "127.0.0.1" in str(info.value)
+    assert info.value.__cause__ is not None
+
+
+# -- schema and migrations -------------------------------------------------------
+
+
+def _applied(store: PeeweeJobStore) -> list[tuple[str, int]]:
+    S = store._Schema
+    return list(S.select(S.name, S.applied_at).order_by(S.name).tuples())
+
+
+def test_schema_version_is_recorded_and_not_reapplied(open_store, monkeypatch):
+    calls = []
+    counted = [Migration(m.name, lambda ctx, m=m: (calls.append(m.name), m.apply(ctx)))
+               for m in MIGRATIONS]
+    monkeypatch.setattr(peewee_store, "MIGRATIONS", counted)
+
+    names = [m.name for m in MIGRATIONS]
+    store = open_store()
+    assert store.schema_version == len(MIGRATIONS) >= 2
+    applied = _applied(store)
+    assert [name for name, _ in applied] == names
+    assert calls == names
+    store.close()
+
+    again = open_store()
+    assert again.schema_version == len(MIGRATIONS)
+    assert _applied(again) == applied
+    assert calls == names  # not run again
+
+
+def test_a_database_from_before_0002_gets_missed_count(open_store):
+    store = open_store()
+    table = f"{store.table_prefix}jobs"
+    migrate(SchemaMigrator.from_database(store.database).drop_column(table, "missed_count"))
+    store._Schema.delete().where(store._Schema.name == "0002_missed_count").execute()
+    store.close()
+
+    upgraded = open_store()
+    assert "missed_count" in {c.name for c in upgraded.database.get_columns(table)}
+    upgraded.sync_jobs("p", "acme", [decl("a")], now=T0)
+    assert upgraded.get_job_by_key("p", "a").missed_count == 0
+
+
+def test_an_appended_migration_is_applied_on_reopen(open_store, monkeypatch):
+    store = open_store()
+    store.sync_jobs("p", "acme", [decl("a")], now=T0)
+    store.close()
+
+    def add_note(ctx):
+        migrate(ctx.migrator.add_column(ctx.table("runs"), "note", pw.TextField(null=True)))
+
+    monkeypatch.setattr(peewee_store, "MIGRATIONS", [*MIGRATIONS, Migration("9000_note", add_note)])
+    upgraded = open_store()
+    assert upgraded.schema_version == len(MIGRATIONS) + 1
+    assert [name for name, _ in _applied(upgraded)] == [m.name for m in MIGRATIONS] + ["9000_note"]
+    columns = {c.name for c in upgraded.database.get_columns(f"{upgraded.table_prefix}runs")}
+    assert "note" in columns
+    # data survived, and the store works on the altered table
+    job = upgraded.get_job_by_key("p", "a")
+    run = upgraded.create_run(job.id, trigger="manual", now=T0)
+    assert upgraded.get_run(run.id) == run
+    upgraded.close()
+
+    # back to the code that does not know 0002: refused
+    monkeypatch.setattr(peewee_store, "MIGRATIONS", list(MIGRATIONS))
+    with pytest.raises(StoreError, match="schema is newer than this pjcore") as info:
+        open_store()
+    assert "9000_note" in str(info.value)
+
+
+def test_a_failing_migration_is_rolled_back(open_store, monkeypatch):
+    open_store().close()
+
+    def broken(ctx):
+        migrate(ctx.migrator.add_column(ctx.table("jobs"), "half", pw.TextField(null=True)))
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(peewee_store, "MIGRATIONS", [*MIGRATIONS, Migration("9000_broken", broken)])
+    with pytest.raises(RuntimeError, match="boom"):
+        open_store()
+    monkeypatch.setattr(peewee_store, "MIGRATIONS", list(MIGRATIONS))
+    store = open_store()
+    assert store.schema_version == len(MIGRATIONS)
+    assert "half" not in {c.name for c in store.database.get_columns(f"{store.table_prefix}jobs")}
+
+
+def test_unknown_migration_recorded_in_the_database_is_refused(open_store):
+    store = open_store()
+    store._Schema.insert(name="9999_from_the_future", applied_at=0).execute()
+    store.close()
+    with pytest.raises(StoreError, match="schema is newer than this pjcore.*9999_from_the_future"):
+        open_store()
+
+
+def test_drop_tables(open_store):
+    store = open_store()
+    prefix = store.table_prefix
+    store.drop_tables()
+    assert not [t for t in store.database.get_tables() if t.startswith(prefix)]
+
+
+# -- PostgreSQL specifics --------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_postgres_repr_and_errors_never_show_the_password(postgres_url):
+    url = with_password(postgres_url)
+    # trust authentication ignores the password, so the store connects
+    store = PeeweeJobStore(url, table_prefix=unique_prefix())
+    try:
+        text = repr(store)
+        assert PASSWORD not in text
+        assert text.startswith("PeeweeJobStore(engine='postgresql', database='")
+        assert store.database.database in text and store.table_prefix in text
+        store.database.drop_tables([store._Run])
+        with pytest.raises(StoreError) as info:
+            store.list_runs()
+        assert PASSWORD not in str(info.value)
+    finally:
+        store.database.drop_tables([store._Run, store._Job, store._Schema], safe=True)
+        store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_orders_keys_bytewise_whatever_the_locale(postgres_url):
+    store = PeeweeJobStore(postgres_url, table_prefix=unique_prefix())
+    try:
+        keys = ["b", "B", "a", "A", "a_x", "a-y", "a.z", "9"]
+        store.sync_jobs("p", "acme", [decl(k) for k in keys], now=T0)
+        assert [j.job_key for j in store.list_jobs()] == sorted(keys)
+        # the test database may well be C-collated anyway: check the columns too
+        rows = store.database.execute_sql(
+            "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+            "WHERE table_name IN (%s, %s) AND collation_name IS NOT NULL",
+            (f"{store.table_prefix}jobs", f"{store.table_prefix}runs"),
+        ).fetchall()
+        prefix = store.table_prefix
+        assert sorted((t[len(prefix):], c, coll) for t, c, coll in rows) == [
+            ("jobs", "id", "C"), ("jobs", "job_key", "C"), ("jobs", "plugin_key", "C"),
+            ("runs", "id", "C"),
+        ]
+    finally:
+        store.drop_tables()
+        store.close()
+
+
+# -- several processes -----------------------------------------------------------
+
+_CHILD = r"""
+import json, sys
+from datetime import datetime, timezone
+from pjcore.contrib.peewee_store import PeeweeJobStore
+from pjcore.exceptions import JobAlreadyRunning
+
+url, prefix, *job_ids = sys.argv[1:]
+store = PeeweeJobStore(url, table_prefix=prefix)
+store.get_job(job_ids[0])  # connected before the start signal
+print("ready", flush=True)
+sys.stdin.readline()
+won, refused = [], 0
+for job_id in job_ids:
+    try:
+        store.create_run(job_id, trigger="manual", now=datetime.now(timezone.utc))
+        won.append(job_id)
+    except JobAlreadyRunning:
+        refused += 1
+store.close()
+print(json.dumps({"won": won, "refused": refused}), flush=True)
+"""
+
+
+def test_exclusive_create_run_from_two_processes_lets_one_through(open_store):
+    store = open_store()
+    store.sync_jobs("p", "acme", [decl(f"job{i}") for i in range(40)], now=T0)
+    job_ids = [j.id for j in store.list_jobs("p")]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, open_store.url, store.table_prefix, *job_ids],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for child in children:
+            assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        for child in children:  # release both at once
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        results = []
+        for child in children:
+            out, err = child.communicate(timeout=120)
+            assert child.returncode == 0, err
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+    won = [set(r["won"]) for r in results]
+    assert won[0].isdisjoint(won[1])
+    assert won[0] | won[1] == set(job_ids)
+    assert sum(r["refused"] for r in results) == len(job_ids)
+    for job_id in job_ids:
+        assert len(store.list_runs(job_id=job_id).runs) == 1
