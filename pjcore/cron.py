@@ -247,7 +247,7 @@ class CronSchedule:
         self.expression = expression
         self.timezone = timezone_name
         self._tz = validate_timezone(timezone_name)
-        minute, hour, dom, month, dow = fields[-5:]
+        hour, dom, month, dow = fields[-4:]
         self._hour_wild = hour == "*" or hour == ",".join(map(str, range(24)))
         self._lock = threading.Lock()
         # Vixie OR is built here, not left to croniter: croniter ANDs the day
