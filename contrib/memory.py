@@ -214,6 +214,8 @@ class MemoryJobStore(BaseJobStore):
         next_run_at: datetime | None,
         missed: int = 0,
         now: datetime,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
     ) -> Claim:
         expected = optional_aware_utc(expected)
         run_slot = optional_aware_utc(run_slot)
@@ -231,7 +233,8 @@ class MemoryJobStore(BaseJobStore):
                 if not any(r.scheduled_for == run_slot for r in runs):
                     run = JobRun(id=self.new_id(), job_id=job_id, plugin_id=job.plugin_id,
                                  job_key=job.job_key, trigger=RunTrigger.schedule,
-                                 scheduled_for=run_slot, created_at=now)
+                                 scheduled_for=run_slot, created_at=now, owner=owner,
+                                 lease_until=lease_until)
                     self._runs[run.id] = run
                 values["last_run_at"] = run_slot
             self._jobs[job_id] = attrs.evolve(job, **values)
@@ -256,13 +259,18 @@ class MemoryJobStore(BaseJobStore):
         now: datetime,
         scheduled_for: datetime | None = None,
         exclusive: bool = True,
+        attempt: int = 1,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
     ) -> JobRun:
         scheduled_for = optional_aware_utc(scheduled_for)
         with self._open():
             job = self._job(job_id)
             runs = [r for r in self._runs.values() if r.job_id == job_id]
             # the slot goes first: a claimed slot is final, a running run is not
-            if scheduled_for is not None and any(r.scheduled_for == scheduled_for for r in runs):
+            if scheduled_for is not None and any(
+                r.scheduled_for == scheduled_for and r.attempt == attempt for r in runs
+            ):
                 raise SlotAlreadyClaimed(job.job_key, scheduled_for)
             if exclusive and any(r.status in NON_TERMINAL for r in runs):
                 raise JobAlreadyRunning(job.job_key)
@@ -274,6 +282,9 @@ class MemoryJobStore(BaseJobStore):
                 trigger=trigger,
                 scheduled_for=scheduled_for,
                 created_at=now,
+                attempt=attempt,
+                owner=owner,
+                lease_until=lease_until,
             )
             self._runs[run.id] = run
             return run
@@ -321,6 +332,35 @@ class MemoryJobStore(BaseJobStore):
                 return False
             self._runs[run_id] = self._finish(run, status, now, error, error_detail)
             return True
+
+    def renew_leases(
+        self, owner: str, run_ids: Sequence[str], *, lease_until: datetime, now: datetime
+    ) -> list[str]:
+        renewed = []
+        with self._open():
+            for run_id in run_ids:
+                run = self._runs.get(run_id)
+                if run is not None and run.owner == owner and run.status in NON_TERMINAL:
+                    self._runs[run_id] = attrs.evolve(run, lease_until=lease_until)
+                    renewed.append(run_id)
+        return renewed
+
+    def abandon_runs(self, *, now: datetime, owner: str | None = None) -> list[JobRun]:
+        now = as_aware_utc(now)
+        with self._open():
+            victims = [
+                r for r in self._runs.values()
+                if r.status in NON_TERMINAL and (
+                    r.owner == owner if owner is not None
+                    else r.lease_until is not None and r.lease_until < now)
+            ]
+            out = []
+            for run in victims:
+                error = f"scheduler {run.owner} stopped renewing its lease"
+                ended = self._finish(run, RunStatus.abandoned, now, error, None)
+                self._runs[run.id] = ended
+                out.append(ended)
+            return out
 
     def get_run(self, run_id: str) -> JobRun | None:
         with self._open():

@@ -136,12 +136,13 @@ def _define_models(db: pw.Database, prefix: str, postgres: bool):
         error_detail = pw.TextField(null=True)
         owner = pw.TextField(null=True)
         lease_until = pw.BigIntegerField(null=True)
+        attempt = pw.IntegerField(default=1)
 
         class Meta:
             table_name = prefix + "runs"
             # NULL slots (manual runs) never conflict in the unique index
             indexes = (
-                (("job", "scheduled_for"), True),
+                (("job", "scheduled_for", "attempt"), True),
                 (("job", "status"), False),
                 (("plugin_id", "created_at", "id"), False),
                 (("created_at", "id"), False),
@@ -199,11 +200,29 @@ def _m0002_missed_count(ctx: MigrationContext) -> None:
         migrate(ctx.migrator.add_column(table, "missed_count", pw.BigIntegerField(default=0)))
 
 
+def _m0003_run_attempt(ctx: MigrationContext) -> None:
+    # A retried abandoned slot is a second attempt of the same slot: the
+    # unique slot index gains the attempt number.
+    from playhouse.migrate import migrate
+
+    table = ctx.table("runs")
+    if "attempt" not in {c.name for c in ctx.db.get_columns(table)}:
+        migrate(ctx.migrator.add_column(table, "attempt", pw.IntegerField(default=1)))
+    indexes = {i.name: i for i in ctx.db.get_indexes(table)}
+    for index in indexes.values():
+        if index.unique and index.columns == ["job_id", "scheduled_for"]:
+            migrate(ctx.migrator.drop_index(table, index.name))
+    if not any(i.unique and i.columns == ["job_id", "scheduled_for", "attempt"]
+               for i in indexes.values()):
+        migrate(ctx.migrator.add_index(table, ("job_id", "scheduled_for", "attempt"), True))
+
+
 #: Applied in order, each in its own transaction, and recorded by name in
 #: ``<prefix>schema``. Only ever append.
 MIGRATIONS: list[Migration] = [
     Migration("0001_initial", _m0001_initial),
     Migration("0002_missed_count", _m0002_missed_count),
+    Migration("0003_run_attempt", _m0003_run_attempt),
 ]
 
 
@@ -332,7 +351,7 @@ def _job(row: dict[str, Any]) -> Job:
 def _run(row: dict[str, Any]) -> JobRun:
     return JobRun(
         **{k: row[k] for k in ("id", "plugin_id", "job_key", "trigger", "status",
-                               "duration_ms", "error", "error_detail", "owner")},
+                               "duration_ms", "error", "error_detail", "owner", "attempt")},
         job_id=row["job"],
         **{k: from_micros(row[k]) for k in ("scheduled_for", "created_at", "started_at",
                                             "finished_at", "lease_until")},
@@ -724,6 +743,8 @@ class PeeweeJobStore(BaseJobStore):
         next_run_at: datetime | None,
         missed: int = 0,
         now: datetime,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
     ) -> Claim:
         J, R = self._Job, self._Run
         seen, slot = _us(expected), _us(run_slot)
@@ -733,9 +754,12 @@ class PeeweeJobStore(BaseJobStore):
             with self._write():
                 # SQLite holds the write lock; PostgreSQL locks the job row, so
                 # a competing scheduler waits here and then sees the new pointer.
-                job = self._lock(J.select(J.plugin_id, J.job_key).where(
-                    (J.id == job_id) & (J.status == JobStatus.active.value) & same
-                )).dicts().first()
+                query = J.select(J.plugin_id, J.job_key).where(
+                    (J.id == job_id) & (J.status == JobStatus.active.value) & same)
+                if self._pg:
+                    # another scheduler claiming this job right now: let it
+                    query = query.for_update(skip_locked=True)
+                job = query.dicts().first()
                 if job is None:
                     return Claim(applied=False)
                 values: dict[str, Any] = {"next_run_at": _us(next_run_at), "updated_at": _us(now),
@@ -747,10 +771,9 @@ class PeeweeJobStore(BaseJobStore):
                     if not R.select().where(mine & (R.scheduled_for == slot)).exists():
                         run = JobRun(id=new_id(), job_id=job_id, plugin_id=job["plugin_id"],
                                      job_key=job["job_key"], trigger=RunTrigger.schedule,
-                                     scheduled_for=run_slot, created_at=now)
-                        R.insert({("job" if f.name == "job_id" else f.name):
-                                  _column(getattr(run, f.name)) for f in attrs.fields(JobRun)}
-                                 ).execute()
+                                     scheduled_for=run_slot, created_at=now, owner=owner,
+                                     lease_until=lease_until)
+                        self._insert_run(run)
                     values["last_run_at"] = slot
                 J.update(values).where(J.id == job_id).execute()
         except pw.IntegrityError:
@@ -777,6 +800,9 @@ class PeeweeJobStore(BaseJobStore):
         now: datetime,
         scheduled_for: datetime | None = None,
         exclusive: bool = True,
+        attempt: int = 1,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
     ) -> JobRun:
         J, R = self._Job, self._Run
         run = JobRun(
@@ -787,6 +813,9 @@ class PeeweeJobStore(BaseJobStore):
             trigger=RunTrigger(trigger),
             scheduled_for=scheduled_for,
             created_at=now,
+            attempt=attempt,
+            owner=owner,
+            lease_until=lease_until,
         )
         slot = _us(run.scheduled_for)
         try:
@@ -799,18 +828,23 @@ class PeeweeJobStore(BaseJobStore):
                     raise JobLookupError(job_id)
                 run = attrs.evolve(run, plugin_id=job["plugin_id"], job_key=job["job_key"])
                 mine = R.job == job_id
-                if slot is not None and R.select().where(mine & (R.scheduled_for == slot)).exists():
+                if slot is not None and R.select().where(
+                    mine & (R.scheduled_for == slot) & (R.attempt == attempt)
+                ).exists():
                     raise SlotAlreadyClaimed(run.job_key, run.scheduled_for)
                 if exclusive and R.select().where(mine & R.status.in_(_NON_TERMINAL)).exists():
                     raise JobAlreadyRunning(run.job_key)
-                R.insert(
-                    {("job" if f.name == "job_id" else f.name): _column(getattr(run, f.name))
-                     for f in attrs.fields(JobRun)}
-                ).execute()
+                self._insert_run(run)
         except pw.IntegrityError as exc:
-            # only the (job_id, scheduled_for) index can conflict: the job row is held
+            # only the slot index can conflict: the job row is held
             raise SlotAlreadyClaimed(run.job_key, run.scheduled_for) from exc
         return run
+
+    def _insert_run(self, run: JobRun) -> None:
+        self._Run.insert(
+            {("job" if f.name == "job_id" else f.name): _column(getattr(run, f.name))
+             for f in attrs.fields(JobRun)}
+        ).execute()
 
     @_operation
     def mark_running(
@@ -855,6 +889,42 @@ class PeeweeJobStore(BaseJobStore):
         values["error_detail"] = error_detail
         query = R.update(values).where((R.id == run_id) & R.status.in_(_NON_TERMINAL))
         return query.execute() == 1
+
+    @_operation
+    def renew_leases(
+        self, owner: str, run_ids: Sequence[str], *, lease_until: datetime, now: datetime
+    ) -> list[str]:
+        R = self._Run
+        renewed: list[str] = []
+        with self._write():
+            for chunk in _chunks(list(run_ids)):
+                mine = R.id.in_(chunk) & (R.owner == owner) & R.status.in_(_NON_TERMINAL)
+                ids = [i for (i,) in self._lock(R.select(R.id).where(mine)).tuples()]
+                if ids:
+                    R.update(lease_until=_us(lease_until)).where(R.id.in_(ids)).execute()
+                renewed += ids
+        return renewed
+
+    @_operation
+    def abandon_runs(self, *, now: datetime, owner: str | None = None) -> list[JobRun]:
+        R = self._Run
+        now_us = _us(now)
+        where = R.status.in_(_NON_TERMINAL)
+        if owner is not None:
+            where &= R.owner == owner
+        else:
+            where &= R.lease_until.is_null(False) & (R.lease_until < now_us)
+        with self._write():
+            rows = [_run(r) for r in self._lock(R.select().where(where)).dicts()]
+            for run in rows:
+                values = self._finish(now_us, RunStatus.abandoned,
+                                      f"scheduler {run.owner} stopped renewing its lease")
+                R.update(values).where((R.id == run.id) & R.status.in_(_NON_TERMINAL)).execute()
+            ids = [r.id for r in rows]
+            out = []
+            for chunk in _chunks(ids):
+                out += [_run(r) for r in R.select().where(R.id.in_(chunk)).dicts()]
+        return sorted(out, key=lambda r: (r.created_at, r.id))
 
     @_operation
     def get_run(self, run_id: str) -> JobRun | None:

@@ -170,6 +170,8 @@ class JobStore(metaclass=ABCMeta):
         next_run_at: datetime | None,
         missed: int = 0,
         now: datetime,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
     ) -> "Claim":
         """Claim a due job's slot and advance its pointer, in one atomic step.
 
@@ -184,7 +186,9 @@ class JobStore(metaclass=ABCMeta):
         * ``next_run_at`` becomes *next_run_at*;
         * ``missed_count`` grows by *missed* (slots that will never run).
 
-        Two schedulers claiming the same job at once: exactly one applies.
+        The run carries *owner* and *lease_until*. Two schedulers claiming the
+        same job at once: exactly one applies, and neither waits long for the
+        other (a job row locked by another claimer may simply be refused).
 
         :return: ``Claim(applied, run)``; *run* is None when no run was created.
         """
@@ -207,11 +211,18 @@ class JobStore(metaclass=ABCMeta):
         now: datetime,
         scheduled_for: datetime | None = None,
         exclusive: bool = True,
+        attempt: int = 1,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
     ) -> "JobRun":
         """Record a new run, ``queued``, ``created_at=now``.
 
         :param scheduled_for: the slot this run fills. At most one run per
-            ``(job, scheduled_for)`` ever exists.
+            ``(job, scheduled_for, attempt)`` ever exists.
+        :param attempt: 1 for the first run of a slot; a retry of an
+            abandoned slot is attempt 2, 3, ...
+        :param owner, lease_until: the scheduler that will run it and until
+            when it holds the run without renewing (see :meth:`renew_leases`).
         :param exclusive: refuse when the job has a run that is ``queued`` or
             ``running`` (runs of one job never overlap). The check and the
             insert are one atomic step, also across processes.
@@ -251,6 +262,30 @@ class JobStore(metaclass=ABCMeta):
 
         :raises ValueError: *status* is not terminal.
         :return: whether it applied.
+        """
+
+    @abstractmethod
+    def renew_leases(
+        self, owner: str, run_ids: Sequence[str], *, lease_until: datetime, now: datetime
+    ) -> list[str]:
+        """Extend to *lease_until* the lease of those *run_ids* that *owner*
+        holds and that are still ``queued`` or ``running``.
+
+        :return: the ids renewed; a run missing from it was ended meanwhile
+            (for instance abandoned by another scheduler) and must be stopped.
+        """
+
+    @abstractmethod
+    def abandon_runs(self, *, now: datetime, owner: str | None = None) -> list["JobRun"]:
+        """End runs whose scheduler is gone, as ``abandoned``.
+
+        Without *owner*: every ``queued``/``running`` run whose
+        ``lease_until`` is before *now*. With *owner*: every
+        ``queued``/``running`` run of that owner, whatever its lease (a
+        restarted scheduler reclaiming its own runs). The error names the
+        owner. Runs without a lease never expire.
+
+        :return: the abandoned runs, as now stored.
         """
 
     @abstractmethod

@@ -155,6 +155,8 @@ class JobRun:
     error_detail: str | None = None
     owner: str | None = None
     lease_until: datetime | None = attrs.field(converter=optional_aware_utc, default=None)
+    #: 1 for the first run of a slot; retries of an abandoned slot count up
+    attempt: int = 1
 
 
 @attrs.frozen(kw_only=True)

@@ -715,6 +715,84 @@ class JobStoreContract:
         with pytest.raises(JobLookupError):
             store.create_run("no-such-job", trigger="manual", now=T0)
 
+    def test_a_slot_may_run_again_only_as_a_later_attempt(self, store):
+        job = self.one_job(store)
+        slot = hm(10, 45)
+        first = store.create_run(job.id, trigger="schedule", now=at(15), scheduled_for=slot)
+        store.complete_run(first.id, status="abandoned", now=at(16))
+        retry = store.create_run(job.id, trigger="retry", now=at(17), scheduled_for=slot,
+                                 attempt=2)
+        assert (first.attempt, retry.attempt) == (1, 2)
+        assert store.get_run(retry.id).attempt == 2
+        store.complete_run(retry.id, status="succeeded", now=at(18))
+        with pytest.raises(SlotAlreadyClaimed):
+            store.create_run(job.id, trigger="retry", now=at(19), scheduled_for=slot, attempt=2)
+
+    # -- leases ------------------------------------------------------------------
+
+    def test_runs_carry_owner_and_lease(self, store):
+        job = self.one_job(store)
+        run = store.create_run(job.id, trigger="manual", now=T0, owner="s1",
+                               lease_until=at(seconds=30))
+        stored = store.get_run(run.id)
+        assert stored.owner == "s1" and stored.lease_until == at(seconds=30)
+        slot = job.next_run_at
+        store.complete_run(run.id, status="succeeded", now=T0)
+        claim = store.claim_slot(job.id, expected=slot, run_slot=slot, next_run_at=None,
+                                 now=slot, owner="s2", lease_until=slot + timedelta(seconds=30))
+        stored = store.get_run(claim.run.id)
+        assert stored.owner == "s2" and stored.lease_until == slot + timedelta(seconds=30)
+
+    def test_renew_leases_only_of_the_owner_and_in_flight(self, store):
+        jobs = self.seed(store, declaration("a"), declaration("b"), declaration("c"))
+        mine = store.create_run(jobs["a"].id, trigger="manual", now=T0, owner="s1",
+                                lease_until=at(seconds=30))
+        theirs = store.create_run(jobs["b"].id, trigger="manual", now=T0, owner="s2",
+                                  lease_until=at(seconds=30))
+        done = store.create_run(jobs["c"].id, trigger="manual", now=T0, owner="s1",
+                                lease_until=at(seconds=30))
+        store.complete_run(done.id, status="succeeded", now=T0)
+        renewed = store.renew_leases("s1", [mine.id, theirs.id, done.id, "nope"],
+                                     lease_until=at(seconds=60), now=at(seconds=20))
+        assert renewed == [mine.id]
+        assert store.get_run(mine.id).lease_until == at(seconds=60)
+        assert store.get_run(theirs.id).lease_until == at(seconds=30)
+        assert store.renew_leases("s1", [], lease_until=at(seconds=60), now=T0) == []
+
+    def test_abandon_runs_whose_lease_expired(self, store):
+        jobs = self.seed(store, declaration("a"), declaration("b"), declaration("c"))
+        expired = store.create_run(jobs["a"].id, trigger="manual", now=T0, owner="dead",
+                                   lease_until=at(seconds=30))
+        store.mark_running(expired.id, now=T0, owner="dead", lease_until=at(seconds=30))
+        alive = store.create_run(jobs["b"].id, trigger="manual", now=T0, owner="live",
+                                 lease_until=at(seconds=90))
+        no_lease = store.create_run(jobs["c"].id, trigger="manual", now=T0)
+        assert store.abandon_runs(now=at(seconds=30)) == []  # not before the lease ends
+        gone = store.abandon_runs(now=at(seconds=31))
+        assert [r.id for r in gone] == [expired.id]
+        run = store.get_run(expired.id)
+        assert run == gone[0]
+        assert run.status is RunStatus.abandoned and "dead" in run.error
+        assert run.finished_at == at(seconds=31) and run.duration_ms == 31_000
+        assert store.get_run(alive.id).status is RunStatus.queued
+        assert store.get_run(no_lease.id).status is RunStatus.queued
+        # an abandoned run is terminal: no late completion, no renewal
+        assert not store.complete_run(expired.id, status="succeeded", now=at(seconds=40))
+        assert store.renew_leases("dead", [expired.id], lease_until=at(99), now=at(1)) == []
+        # and the job may run again
+        store.create_run(jobs["a"].id, trigger="manual", now=at(seconds=41))
+
+    def test_abandon_runs_of_an_owner_whatever_the_lease(self, store):
+        jobs = self.seed(store, declaration("a"), declaration("b"))
+        old = store.create_run(jobs["a"].id, trigger="manual", now=T0, owner="s1",
+                               lease_until=at(minutes=10))
+        other = store.create_run(jobs["b"].id, trigger="manual", now=T0, owner="s2",
+                                 lease_until=at(minutes=10))
+        gone = store.abandon_runs(now=at(seconds=5), owner="s1")
+        assert [r.id for r in gone] == [old.id]
+        assert store.get_run(old.id).status is RunStatus.abandoned
+        assert store.get_run(other.id).status is RunStatus.queued
+
     # -- list_runs -------------------------------------------------------------
 
     def _runs_with_ties(self, store, job: Job) -> list[JobRun]:

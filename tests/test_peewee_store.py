@@ -125,7 +125,7 @@ def test_two_prefixes_on_one_database_are_independent(open_store):
     # each prefix has its own indexes (index names are per database)
     expected = {
         "jobs": {"jobs_plugin_id_job_key", "jobs_status_next_run_at"},
-        "runs": {"runs_job_id_scheduled_for", "runs_job_id_status",
+        "runs": {"runs_job_id_scheduled_for_attempt", "runs_job_id_status",
                  "runs_plugin_id_created_at_id", "runs_created_at_id"},
     }
     for store in (one, two):
@@ -349,6 +349,32 @@ def test_schema_version_is_recorded_and_not_reapplied(open_store, monkeypatch):
     assert again.schema_version == len(MIGRATIONS)
     assert _applied(again) == applied
     assert calls == names  # not run again
+
+
+def test_a_database_from_before_0003_gets_run_attempts(open_store):
+    store = open_store()
+    table = f"{store.table_prefix}runs"
+    migrator = SchemaMigrator.from_database(store.database)
+    migrate(migrator.drop_index(table, f"{table}_job_id_scheduled_for_attempt"),
+            migrator.drop_column(table, "attempt"),
+            migrator.add_index(table, ("job_id", "scheduled_for"), True))
+    store._Schema.delete().where(store._Schema.name == "0003_run_attempt").execute()
+    store.close()
+
+    upgraded = open_store()
+    indexes = {i.name: i for i in upgraded.database.get_indexes(table)}
+    assert f"{table}_job_id_scheduled_for" not in indexes
+    assert indexes[f"{table}_job_id_scheduled_for_attempt"].unique
+    upgraded.sync_jobs("p", "acme", [decl("a")], now=T0)
+    job = upgraded.get_job_by_key("p", "a")
+    slot = T0 + timedelta(minutes=15)
+    first = upgraded.create_run(job.id, trigger="schedule", now=T0, scheduled_for=slot)
+    upgraded.complete_run(first.id, status="abandoned", now=T0)
+    retry = upgraded.create_run(job.id, trigger="retry", now=T0, scheduled_for=slot, attempt=2)
+    assert (first.attempt, retry.attempt) == (1, 2)
+    with pytest.raises(SlotAlreadyClaimed):
+        upgraded.create_run(job.id, trigger="retry", now=T0, scheduled_for=slot, attempt=2,
+                            exclusive=False)
 
 
 def test_a_database_from_before_0002_gets_missed_count(open_store):
