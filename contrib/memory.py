@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 import attrs
 
 from pjcore.exceptions import (
+    InvalidArgument,
     JobAlreadyRunning,
     JobLookupError,
     JobStateError,
@@ -423,7 +424,7 @@ class MemoryJobStore(BaseJobStore):
         keep_per_job: int | None = None,
     ) -> int:
         if keep_per_job is not None and keep_per_job < 0:
-            raise ValueError(f"keep_per_job must be >= 0, not {keep_per_job!r}")
+            raise InvalidArgument(f"keep_per_job must be >= 0, not {keep_per_job!r}")
         now = as_aware_utc(now)
         with self._open():
             terminal = [r for r in self._runs.values() if r.status not in NON_TERMINAL]

@@ -25,6 +25,7 @@ from loguru import logger
 from playhouse.migrate import SchemaMigrator
 
 from pjcore.exceptions import (
+    InvalidArgument,
     ConfigurationError,
     JobAlreadyRunning,
     JobLookupError,
@@ -717,7 +718,7 @@ class PeeweeJobStore(BaseJobStore):
         self, now: datetime, *, limit: int = 100, plugin_ids: Sequence[str] | None = None
     ) -> list[Job]:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a positive integer, not {limit!r}")
+            raise InvalidArgument(f"limit must be a positive integer, not {limit!r}")
         J = self._Job
         where = (J.status == JobStatus.active.value) & (J.next_run_at <= _us(now))
         if plugin_ids is not None:
@@ -989,11 +990,11 @@ class PeeweeJobStore(BaseJobStore):
         keep_per_job: int | None = None,
     ) -> int:
         if max_age is not None and (not isinstance(max_age, timedelta) or max_age < timedelta(0)):
-            raise ValueError(f"max_age must be a non-negative timedelta, not {max_age!r}")
+            raise InvalidArgument(f"max_age must be a non-negative timedelta, not {max_age!r}")
         if keep_per_job is not None and (
             isinstance(keep_per_job, bool) or not isinstance(keep_per_job, int) or keep_per_job < 0
         ):
-            raise ValueError(f"keep_per_job must be a non-negative integer, not {keep_per_job!r}")
+            raise InvalidArgument(f"keep_per_job must be a non-negative integer, not {keep_per_job!r}")
         R = self._Run
         terminal = R.status.in_(_TERMINAL)
         deleted = 0

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import threading
 import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from loguru import logger
@@ -15,7 +15,7 @@ from pjcore.abc import Outcome, Runner
 from pjcore.context import JobContext, RunCancelled
 from pjcore.exceptions import ConfigurationError
 
-__all__ = ["ThreadRunner"]
+__all__ = ["ThreadRunner", "call_handler"]
 
 MAX_DETAIL = 4000
 
@@ -40,6 +40,9 @@ def call_handler(handler: Callable[..., Any], context: JobContext) -> Outcome:
                 asyncio.run(_await(result))
     except RunCancelled as exc:
         return Outcome("cancelled", str(exc) or "cancelled")
+    except asyncio.CancelledError as exc:
+        # an async handler whose task was cancelled stopped on request, it did not fail
+        return Outcome("cancelled", context.cancel_reason or str(exc) or "cancelled")
     except Exception as exc:
         message = str(exc) or type(exc).__name__
         return Outcome("failed", message, _summary(exc))
@@ -52,14 +55,26 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+def _resolved(outcome: Outcome) -> "Future[Outcome]":
+    future: Future[Outcome] = Future()
+    future.set_result(outcome)
+    return future
+
+
 class ThreadRunner(Runner):
-    """Runs each handler call in a pool of *max_workers* threads."""
+    """Runs each handler call in a pool of *max_workers* threads.
+
+    :meth:`submit` starts the pool on first use, so a scheduler driven by
+    hand (``tick()``) needs no :meth:`start`; after :meth:`stop`, only an
+    explicit :meth:`start` accepts work again.
+    """
 
     def __init__(self, max_workers: int = 10) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ConfigurationError(f"max_workers must be a positive integer, not {max_workers!r}")
         self.max_workers = max_workers
         self._pool: ThreadPoolExecutor | None = None
+        self._stopped = False
         self._lock = threading.Lock()
         self._inflight: set[Future] = set()
 
@@ -68,14 +83,23 @@ class ThreadRunner(Runner):
 
     def start(self) -> None:
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="pjcore-run")
+            self._stopped = False
+            self._ensure_pool()
+
+    def _ensure_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="pjcore-run")
+        return self._pool
 
     def submit(self, handler: Callable[..., Any], context: JobContext) -> "Future[Outcome]":
-        self.start()
         with self._lock:
-            assert self._pool is not None
-            future = self._pool.submit(call_handler, handler, context)
+            if self._stopped:
+                # The contract: never raise, resolve to an Outcome.
+                return _resolved(Outcome("cancelled", "the runner is stopped"))
+            try:
+                future = self._ensure_pool().submit(call_handler, handler, context)
+            except RuntimeError as exc:  # interpreter shutting down
+                return _resolved(Outcome("cancelled", f"the runner cannot start work: {exc}"))
             self._inflight.add(future)
         future.add_done_callback(self._forget)
         return future
@@ -87,11 +111,15 @@ class ThreadRunner(Runner):
     def stop(self, timeout: float | None = None) -> bool:
         with self._lock:
             pool, self._pool = self._pool, None
+            self._stopped = True
+            # Every call still in flight, also those a previous stop() gave
+            # up on: a second stop() must not report them finished.
             pending = list(self._inflight)
-        if pool is None:
+        if pool is not None:
+            # Calls already queued still run (their runs are recorded);
+            # the threads exit once the queue is empty.
+            pool.shutdown(wait=False, cancel_futures=False)
+        if not pending:
             return True
-        pool.shutdown(wait=False, cancel_futures=False)
-        from concurrent.futures import wait
-
-        done, not_done = wait(pending, timeout=timeout)
+        _, not_done = wait(pending, timeout=timeout)
         return not not_done

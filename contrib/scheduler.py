@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import uuid
 from concurrent.futures import Future
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import attrs
@@ -22,6 +23,7 @@ from pjcore.clock import Clock, SystemClock
 from pjcore.context import JobContext, RunCancelled
 from pjcore.exceptions import (
     ConfigurationError,
+    CronError,
     HandlerLookupError,
     JobAlreadyRunning,
     JobLookupError,
@@ -35,6 +37,16 @@ __all__ = ["ThreadScheduler"]
 
 Resolve = Callable[[str, str], Callable[..., Any] | None]
 Notify = Callable[..., None]
+
+#: "later than any pointer": lets ``due_jobs`` list pointers in order
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
+#: ``JobStore`` page limit
+_MAX_LIMIT = 1000
+#: clock seconds before a job whose claim was refused (a run of it in flight
+#: in another process) is looked at again
+BLOCKED_RETRY = 1.0
+#: reason recorded on a run whose plugin was unregistered before it started
+UNREGISTERED = "Plugin unregistered"
 
 
 def default_owner() -> str:
@@ -55,11 +67,22 @@ class _InFlight:
 class ThreadScheduler(Scheduler):
     """Dispatches due jobs of registered plugins through a :class:`Runner`.
 
+    Guarantees, on top of the :class:`~pjcore.abc.Scheduler` contract:
+
+    * runs of one job never overlap: a job is busy from the moment its run is
+      created until its handler returns, even when the run was already
+      recorded as timed out or cancelled;
+    * slots are claimed in the store (compare-and-set), so several schedulers
+      on one database run each slot once;
+    * due jobs are taken oldest-due first, so a concurrency cap delays jobs
+      but never starves the same ones.
+
     :param resolve: ``resolve(plugin_key, job_key)`` returns the handler or None.
     :param notify: ``notify(hook_name, run=..., job=...)`` for observability.
-    :param max_concurrent: runs in flight at once (scheduled and manual).
+    :param max_concurrent: runs in flight at once. Ticks never exceed it;
+        manual triggers are counted but not refused by it.
     :param default_timeout: seconds before a run is recorded as timed out,
-        unless the job's policy says otherwise.
+        unless the job's policy says otherwise (``None``: never).
     :param max_idle: longest sleep in real seconds; bounds how late a change
         made by another process (sync, resume) is noticed.
     """
@@ -83,6 +106,15 @@ class ThreadScheduler(Scheduler):
             raise ConfigurationError(f"runner must be a Runner, not {type(runner).__name__}")
         if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1:
             raise ConfigurationError(f"max_concurrent must be a positive integer, not {max_concurrent!r}")
+        if default_timeout is not None and (
+            isinstance(default_timeout, bool) or not isinstance(default_timeout, (int, float))
+            or not default_timeout > 0
+        ):
+            raise ConfigurationError(
+                f"default_timeout must be a positive number of seconds or None, not {default_timeout!r}"
+            )
+        if isinstance(max_idle, bool) or not isinstance(max_idle, (int, float)) or not max_idle > 0:
+            raise ConfigurationError(f"max_idle must be a positive number of seconds, not {max_idle!r}")
         self.store = store
         self.runner = runner
         self.clock = clock or SystemClock()
@@ -93,10 +125,16 @@ class ThreadScheduler(Scheduler):
         self._resolve = resolve
         self._notify = notify or (lambda *a, **k: None)
         self._lock = threading.RLock()
+        # notified whenever a run leaves _inflight (stop() drains on it)
+        self._drained = threading.Condition(self._lock)
+        # One tick at a time: a tick called by hand while the loop ticks would
+        # otherwise read the same free capacity and overshoot the cap.
+        self._tick_lock = threading.Lock()
         self._wake = threading.Event()
         self._plugins: dict[str, str] = {}  # plugin_id -> plugin_key
         self._inflight: dict[str, _InFlight] = {}  # run_id -> entry
-        self._busy: dict[str, str] = {}  # job_id -> run_id, until the handler returns
+        self._busy: dict[str, str] = {}  # job_id -> run_id ("" reserved), until the handler returns
+        self._blocked: dict[str, datetime] = {}  # job_id -> retry at; claim refused by the store
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._tick_count = 0
@@ -121,17 +159,20 @@ class ThreadScheduler(Scheduler):
     def stop(self, timeout: float | None = 10.0) -> None:
         with self._lock:
             thread, self._thread = self._thread, None
-            self._stopping = True
+            self._stopping = True  # tick and trigger start nothing from now on
         self._wake.set()
-        if thread is not None:
+        if thread is not None and thread is not threading.current_thread():
             thread.join()
-        with self._lock:
-            pending = [e for e in self._inflight.values() if e.future is not None]
-        from concurrent.futures import wait
-
-        if pending:
-            wait([e.future for e in pending], timeout=timeout)
-        with self._lock:
+        # Wait for the entries to leave _inflight, not for the runner's
+        # futures: a future is done before its callback has recorded the
+        # outcome, and a run must not be called "shutdown" after it succeeded.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._drained:
+            while self._inflight:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._drained.wait(left)
             leftover = [e for e in self._inflight.values() if not e.ended]
         for entry in leftover:
             self._end(entry, RunStatus.cancelled, "shutdown")
@@ -145,15 +186,23 @@ class ThreadScheduler(Scheduler):
 
     def unregister_plugin(self, plugin_id: str, reason: str) -> list[str]:
         with self._lock:
-            self._plugins.pop(plugin_id, None)
+            self._plugins.pop(plugin_id, None)  # from here on, nothing of it starts
             entries = [e for e in self._inflight.values() if e.job.plugin_id == plugin_id]
+        # Record first, signal second: a handler that sees the signal and
+        # returns at once must find its run already cancelled, or its
+        # completion would win. The job stays busy until the handler returns.
+        try:
+            cancelled = self.store.cancel_runs(plugin_id, reason=reason, now=self.clock.now())
+        finally:
+            for entry in entries:
+                entry.context.request_cancel(reason)
+        done = set(cancelled)
         for entry in entries:
-            entry.context.request_cancel(reason)
-            entry.ended = True
-        now = self.clock.now()
-        cancelled = self.store.cancel_runs(plugin_id, reason=reason, now=now)
+            if entry.run_id in done:
+                entry.ended = True
         for run_id in cancelled:
             self._announce_end(run_id)
+        self.wake()
         return cancelled
 
     @property
@@ -188,37 +237,70 @@ class ThreadScheduler(Scheduler):
             self.clock.wait(self._wake, wake_at, self.max_idle)
 
     def _compute_wake_at(self) -> datetime | None:
+        """When the next tick has something to do.
+
+        Jobs that cannot start now are left out, or the loop would spin on
+        their past-due pointers: a busy job wakes the loop when its handler
+        returns, a job held by another process is retried after
+        :data:`BLOCKED_RETRY`, and when the cap is reached only a finishing
+        run (or a timeout deadline) can change anything.
+        """
         with self._lock:
-            deadlines = [e.deadline for e in self._inflight.values()
-                         if e.deadline is not None and not e.ended]
+            candidates = [e.deadline for e in self._inflight.values()
+                          if e.deadline is not None and not e.ended]
             full = len(self._inflight) >= self.max_concurrent
             plugin_ids = list(self._plugins)
-        candidates = list(deadlines)
+            excluded = set(self._busy) | set(self._blocked)
+            candidates.extend(self._blocked.values())
         if plugin_ids and not full:
-            due = self.store.next_due_at(plugin_ids=plugin_ids)
+            if not excluded:
+                due = self.store.next_due_at(plugin_ids=plugin_ids)
+            else:
+                # the first pointer, in due order, of a job that could start
+                limit = min(len(excluded) + 1, _MAX_LIMIT)
+                due = next((j.next_run_at for j in self.store.due_jobs(
+                    _FAR_FUTURE, limit=limit, plugin_ids=plugin_ids) if j.id not in excluded), None)
             if due is not None:
                 candidates.append(due)
         return min(candidates) if candidates else None
 
     def tick(self) -> int:
+        with self._tick_lock:
+            return self._tick()
+
+    def _tick(self) -> int:
         now = self.clock.now()
         with self._lock:
             self._tick_count += 1
             self._last_tick_at = now
         self._expire(now)
         with self._lock:
+            self._blocked.clear()  # looked at again below
             free = self.max_concurrent - len(self._inflight)
             plugin_ids = list(self._plugins)
             busy = set(self._busy)
-        if free <= 0 or not plugin_ids:
+            stopping = self._stopping
+        if free <= 0 or not plugin_ids or stopping:
             return 0
         started = 0
-        for job in self.store.due_jobs(now, limit=free + len(busy), plugin_ids=plugin_ids):
+        limit = min(free + len(busy), _MAX_LIMIT)
+        for job in self.store.due_jobs(now, limit=limit, plugin_ids=plugin_ids):
             if started >= free:
                 break
             if job.id in busy:
                 continue  # still running: the slot waits, the misfire policy decides later
-            plan = plan_slots(job, now)
+            try:
+                plan = plan_slots(job, now)
+            except CronError as exc:
+                # Manifests are validated, so only a stored schedule that no
+                # longer evaluates (time zone data, no fire time left) gets
+                # here; parking the job keeps it from failing every tick, and
+                # a sync with a new schedule gives it a pointer again.
+                logger.error("pjcore job {plugin}/{job} cannot be scheduled and is parked: {error}",
+                             plugin=job.plugin_key, job=job.job_key, error=exc)
+                self.store.claim_slot(job.id, expected=job.next_run_at, run_slot=None,
+                                      next_run_at=None, now=now)
+                continue
             claim = self.store.claim_slot(
                 job.id,
                 expected=job.next_run_at,
@@ -227,38 +309,55 @@ class ThreadScheduler(Scheduler):
                 missed=plan.missed,
                 now=now,
             )
+            if not claim.applied:
+                # Another scheduler took the slot (the pointer moved: the next
+                # tick sees the new one), the job changed, or a run of it is
+                # in flight elsewhere; only the last would keep it due.
+                with self._lock:
+                    self._blocked[job.id] = now + timedelta(seconds=BLOCKED_RETRY)
+                continue
             if plan.missed:
                 logger.warning(
                     "pjcore job {plugin}/{job} missed {n} slot(s) (policy {policy})",
                     plugin=job.plugin_key, job=job.job_key, n=plan.missed,
                     policy=job.policy.misfire.value,
                 )
-            if claim.run is not None:
-                self._dispatch(job, claim.run)
+            if claim.run is not None and self._dispatch(job, claim.run):
                 started += 1
         return started
 
     # -- runs ------------------------------------------------------------------
 
     def trigger(self, job_id: str, *, trigger: str = "manual", plugin_id: str | None = None) -> str:
-        trigger = RunTrigger(trigger)
+        try:
+            trigger = RunTrigger(trigger)
+        except ValueError:
+            trigger = None
+        if trigger is None or trigger is RunTrigger.schedule:
+            raise ConfigurationError("trigger must be 'manual' or 'retry'")
         job = (self.store.get_job_for_plugin(plugin_id, job_id) if plugin_id is not None
                else self.store.get_job(job_id))
         if job is None:
             raise JobLookupError(job_id, plugin_id)
         if job.status is not JobStatus.active:
             raise JobNotActive(job.job_key, job.status.value)
+        if self._resolve(job.plugin_key, job.job_key) is None:
+            raise PluginNotRunning(job.plugin_key, f'has no handler for job "{job.job_key}"')
         with self._lock:
+            if self._stopping:
+                raise PluginNotRunning(job.plugin_key, "is not running (the scheduler is stopped)")
             if job.plugin_id not in self._plugins:
                 raise PluginNotRunning(job.plugin_key)
             if job.id in self._busy:
                 raise JobAlreadyRunning(job.job_key)
             self._busy[job.id] = ""  # reserved: a tick cannot start it meanwhile
         try:
+            # exclusive: the store refuses if a run is in flight in any process
             run = self.store.create_run(job.id, trigger=trigger, now=self.clock.now(), exclusive=True)
         except BaseException:
             with self._lock:
-                self._busy.pop(job.id, None)
+                if self._busy.get(job.id) == "":  # only our own reservation
+                    del self._busy[job.id]
             raise
         self._dispatch(job, run)
         return run.id
@@ -266,7 +365,8 @@ class ThreadScheduler(Scheduler):
     def _timeout_for(self, job: Job) -> float | None:
         return job.policy.timeout_seconds or self.default_timeout
 
-    def _dispatch(self, job: Job, run: JobRun) -> None:
+    def _dispatch(self, job: Job, run: JobRun) -> bool:
+        """Hand a queued run to the runner; False if it was refused and recorded."""
         timeout = self._timeout_for(job)
         context = JobContext(
             plugin_id=job.plugin_id,
@@ -279,11 +379,27 @@ class ThreadScheduler(Scheduler):
         )
         entry = _InFlight(run_id=run.id, job=job, context=context, deadline=None, timeout=timeout)
         with self._lock:
-            self._inflight[run.id] = entry
-            self._busy[job.id] = run.id
-        future = self.runner.submit(lambda ctx: self._execute(entry, ctx), context)
+            # Checked together with the insertion, so unregister_plugin and
+            # stop either see this entry or make us refuse it.
+            refusal = ("shutdown" if self._stopping
+                       else UNREGISTERED if job.plugin_id not in self._plugins else None)
+            if refusal is None:
+                self._inflight[run.id] = entry
+                self._busy[job.id] = run.id
+            elif self._busy.get(job.id) == "":
+                del self._busy[job.id]
+        if refusal is not None:
+            self._record(run.id, job, RunStatus.cancelled, refusal)
+            return False
+        try:
+            future = self.runner.submit(lambda ctx: self._execute(entry, ctx), context)
+        except Exception as exc:  # a runner must not raise; never leave the job busy forever
+            logger.opt(exception=exc).error("pjcore runner refused run {run}", run=run.id)
+            future = Future()
+            future.set_result(Outcome("failed", f"runner error: {exc!r}"))
         entry.future = future
         future.add_done_callback(lambda f: self._finished(entry, f))
+        return True
 
     def _execute(self, entry: _InFlight, context: JobContext) -> Any:
         """Runs in the worker: start the run, then the handler."""
@@ -293,40 +409,79 @@ class ThreadScheduler(Scheduler):
             self.wake()  # the loop must wake for this deadline
         if not self.store.mark_running(entry.run_id, now=now, owner=self.owner):
             raise RunCancelled(context.cancel_reason or "cancelled before it started")
+        if context.trigger is not RunTrigger.schedule:
+            self._stamp_manual_start(entry.job, now)
         self._announce_start(entry)
         handler = self._resolve(entry.job.plugin_key, entry.job.job_key)
         if handler is None:
             raise HandlerLookupError(entry.job.plugin_key, entry.job.job_key)
         return handler(context)
 
+    def _stamp_manual_start(self, job: Job, now: datetime) -> None:
+        # last_run_at is "the most recent run that started", manual ones
+        # included; the pointer is written back unchanged (compare-and-set),
+        # so a manual run never moves the schedule.
+        try:
+            current = self.store.get_job(job.id)
+            if current is not None:
+                self.store.set_next_run(job.id, expected=current.next_run_at,
+                                        next_run_at=current.next_run_at, last_run_at=now, now=now)
+        except Exception:
+            logger.exception("pjcore could not record the start of a manual run of {job}",
+                             job=job.job_key)
+
     def _finished(self, entry: _InFlight, future: Future) -> None:
         try:
             outcome: Outcome = future.result()
         except BaseException as exc:  # a runner must not raise, but be safe
             outcome = Outcome("failed", f"runner error: {exc!r}")
+        applied = False
         if not entry.ended:
-            status = RunStatus(outcome.status)
-            self._end(entry, status, outcome.error, outcome.error_detail)
+            entry.ended = True
+            applied = self._complete(entry, RunStatus(outcome.status), outcome.error,
+                                     outcome.error_detail)
         with self._lock:
-            self._inflight.pop(entry.run_id, None)
             if self._busy.get(entry.job.id) == entry.run_id:
                 del self._busy[entry.job.id]
+        # Announced once the job is free, so an observer may trigger it
+        # again, and before the entry leaves _inflight, so stop() (and a
+        # host closing the store after it) waits for the announcement.
+        if applied:
+            self._announce_end(entry.run_id, entry.job)
+        with self._lock:
+            self._inflight.pop(entry.run_id, None)
+            self._drained.notify_all()
         self.wake()
 
-    def _end(self, entry: _InFlight, status: RunStatus, error: str | None,
-             detail: str | None = None) -> None:
-        entry.ended = True
-        if status is not RunStatus.succeeded and error:
-            entry.context.request_cancel(error)
+    def _complete(self, entry: _InFlight, status: RunStatus, error: str | None,
+                  detail: str | None = None) -> bool:
         try:
-            applied = self.store.complete_run(
+            return self.store.complete_run(
                 entry.run_id, status=status, now=self.clock.now(), error=error, error_detail=detail
             )
         except Exception:
             logger.exception("pjcore could not record the end of run {run}", run=entry.run_id)
-            return
+            return False
+
+    def _end(self, entry: _InFlight, status: RunStatus, error: str) -> None:
+        """Record a run terminal while its handler may still be running."""
+        entry.ended = True
+        # Record, then signal (see unregister_plugin).
+        applied = self._complete(entry, status, error)
+        entry.context.request_cancel(error)
         if applied:
             self._announce_end(entry.run_id, entry.job)
+
+    def _record(self, run_id: str, job: Job, status: RunStatus, error: str) -> None:
+        """Record a run that never reached the runner."""
+        try:
+            applied = self.store.complete_run(run_id, status=status, now=self.clock.now(),
+                                              error=error)
+        except Exception:
+            logger.exception("pjcore could not record the end of run {run}", run=run_id)
+            return
+        if applied:
+            self._announce_end(run_id, job)
 
     def _expire(self, now: datetime) -> None:
         with self._lock:
@@ -343,11 +498,15 @@ class ThreadScheduler(Scheduler):
             self._notify("run_started", run=run, job=entry.job)
 
     def _announce_end(self, run_id: str, job: Job | None = None) -> None:
-        run = self.store.get_run(run_id)
-        if run is None:
+        try:
+            run = self.store.get_run(run_id)
+            if run is None:
+                return
+            if job is None:
+                job = self.store.get_job(run.job_id)
+        except Exception:
+            logger.exception("pjcore could not read run {run} to announce its end", run=run_id)
             return
-        if job is None:
-            job = self.store.get_job(run.job_id)
         if job is not None:
             self._notify("run_finished", run=run, job=job)
 
@@ -359,7 +518,7 @@ class ThreadScheduler(Scheduler):
                 "running": self._thread is not None,
                 "owner": self.owner,
                 "active_run_ids": sorted(self._inflight),
-                "busy_job_ids": sorted(self._busy),
+                "busy_job_ids": sorted(j for j in self._busy),
                 "registered_plugins": sorted(self._plugins.values()),
                 "tick_count": self._tick_count,
                 "last_tick_at": self._last_tick_at,

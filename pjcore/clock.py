@@ -16,6 +16,13 @@ __all__ = ["Clock", "ManualClock", "SystemClock"]
 UTC = timezone.utc
 
 
+def _aware(instant: datetime) -> datetime:
+    # astimezone() would read a naive value as local time: refuse it instead
+    if instant.tzinfo is None or instant.utcoffset() is None:
+        raise ValueError(f"naive datetime {instant!r}: a ManualClock needs an aware instant")
+    return instant.astimezone(UTC)
+
+
 class Clock:
     """Interface: ``now()`` and ``wait(event, until)``."""
 
@@ -47,7 +54,7 @@ class ManualClock(Clock):
     """A clock that moves only when told to; waiting threads wake when it does."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = (start or datetime(2026, 1, 15, 10, 30, tzinfo=UTC)).astimezone(UTC)
+        self._now = _aware(start or datetime(2026, 1, 15, 10, 30, tzinfo=UTC))
         self._cond = threading.Condition()
 
     def now(self) -> datetime:
@@ -56,16 +63,20 @@ class ManualClock(Clock):
 
     def advance(self, seconds: float = 0.0, **delta: float) -> datetime:
         """Move forward by *seconds* (or ``timedelta`` keywords) and wake waiters."""
+        step = timedelta(seconds=seconds, **delta)
+        if step < timedelta(0):
+            raise ValueError("a ManualClock never goes back")
         with self._cond:
-            self._now += timedelta(seconds=seconds, **delta)
+            self._now += step
             self._cond.notify_all()
             return self._now
 
     def set(self, instant: datetime) -> datetime:
         with self._cond:
-            if instant.astimezone(UTC) < self._now:
+            instant = _aware(instant)
+            if instant < self._now:
                 raise ValueError("a ManualClock never goes back")
-            self._now = instant.astimezone(UTC)
+            self._now = instant
             self._cond.notify_all()
             return self._now
 

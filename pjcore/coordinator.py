@@ -67,14 +67,19 @@ class Coordinator:
 
     @hookimpl
     def plugin_disabled(self, plugin_id: str, plugin_key: str, reason: str | None) -> None:
+        _check_plugin_id(plugin_id, plugin_key)
         self.scheduler.unregister_plugin(plugin_id, reason or "Plugin disabled")
 
     @hookimpl
     def plugin_unloaded(self, plugin_id: str, plugin_key: str, remove_data: bool) -> None:
+        _check_plugin_id(plugin_id, plugin_key)
+        # Unregister first: if it fails (store down) the purge is not attempted,
+        # so runs are never deleted while their handlers may still record them.
         self.scheduler.unregister_plugin(
             plugin_id, "Plugin uninstalled" if remove_data else "Plugin unloaded"
         )
         if remove_data:
             deleted = self.store.delete_plugin(plugin_id)
+            self.last_sync.pop(plugin_id, None)
             logger.info("pjcore deleted {n} job(s) of plugin {plugin} and their runs",
                         n=deleted, plugin=plugin_key)

@@ -47,7 +47,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
 
-from pjcore.exceptions import CronError
+from pjcore.exceptions import CronError, InvalidArgument
 
 __all__ = [
     "CronSchedule",
@@ -228,7 +228,7 @@ def _aware(after: datetime) -> datetime:
     if not isinstance(after, datetime):
         raise TypeError(f"expected a datetime, got {type(after).__name__}")
     if after.tzinfo is None or after.utcoffset() is None:
-        raise ValueError("naive datetime: pass a timezone-aware instant")
+        raise InvalidArgument("naive datetime: pass a timezone-aware instant")
     return after
 
 

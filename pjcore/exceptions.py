@@ -61,6 +61,10 @@ class ManifestError(PjError, ValueError):
         super().__init__(": ".join(parts))
 
 
+class InvalidArgument(PjError, ValueError):
+    """A call got a value it cannot use (a naive datetime, a bad limit or cursor)."""
+
+
 class ConfigurationError(PjError, ValueError):
     """pjcore was set up with options it cannot use (bad URL, bad option)."""
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import attrs
 
+from pjcore.exceptions import InvalidArgument
+
 from pjcore.manifest import JobPolicy
 
 __all__ = [
@@ -79,7 +81,7 @@ def as_aware_utc(value: datetime) -> datetime:
     if not isinstance(value, datetime):
         raise TypeError(f"expected a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value!r}: pjcore needs timezone-aware instants")
+        raise InvalidArgument(f"naive datetime {value!r}: pjcore needs timezone-aware instants")
     return value.astimezone(timezone.utc)
 
 

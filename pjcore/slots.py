@@ -6,7 +6,7 @@ implementation applies the misfire policy the same way.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import attrs
 
@@ -21,6 +21,13 @@ __all__ = ["MAX_COUNTED_SLOTS", "SlotPlan", "plan_slots"]
 #: day would otherwise cost seconds of CPU to count)
 MAX_COUNTED_SLOTS = 100_000
 
+#: windows searched backwards from *now* for the latest slot once counting
+#: stopped: the first window holding a slot bounds the forward walk to the
+#: slots of that window, whatever the schedule's density
+_BACK_WINDOWS = tuple(timedelta(seconds=s) for s in (
+    1, 60, 3600, 86_400, 31 * 86_400, 366 * 86_400, 10 * 366 * 86_400, 60 * 366 * 86_400,
+))
+
 
 @attrs.frozen(kw_only=True)
 class SlotPlan:
@@ -30,6 +37,20 @@ class SlotPlan:
     missed: int
     #: the job's next pointer once this plan is applied
     next_run_at: datetime | None
+
+
+def _latest_slot(schedule: cron.CronSchedule, known: datetime, now: datetime) -> datetime:
+    """The latest fire time at or before *now*; *known* is one such time."""
+    for window in _BACK_WINDOWS:
+        if now - window <= known:
+            break  # the window reaches back to *known*: walk from there
+        slot = schedule.next_after(now - window)
+        if slot <= now:
+            known = slot
+            break
+    while (following := schedule.next_after(known)) <= now:
+        known = following
+    return known
 
 
 def plan_slots(job: Job, now: datetime) -> SlotPlan:
@@ -46,10 +67,16 @@ def plan_slots(job: Job, now: datetime) -> SlotPlan:
       moves to the slot after it, so the rest follow one by one.
 
     The pointer always advances from the scheduled slot, never from *now*.
+    Past :data:`MAX_COUNTED_SLOTS` due slots, ``missed`` is a lower bound.
+
+    :raises CronError: the stored schedule cannot be evaluated.
     """
     first = job.next_run_at
     if first is None or not job.schedule:
         return SlotPlan(run_slot=None, missed=0, next_run_at=None)
+    if first > now:
+        # not due (a caller read the job at another instant): nothing to do
+        return SlotPlan(run_slot=None, missed=0, next_run_at=first)
     schedule = cron.get_schedule(job.schedule, job.timezone)
     grace = job.policy.misfire_grace_seconds
     policy = job.policy.misfire
@@ -74,7 +101,10 @@ def plan_slots(job: Job, now: datetime) -> SlotPlan:
             break
         latest, earlier = following, earlier + 1
     else:
+        # Counting stopped short of *now*: the slot to run is still the
+        # latest one, not the one where counting stopped.
         following = schedule.next_after(now)
+        latest = _latest_slot(schedule, latest, now)
     if late(latest) or (policy is MisfirePolicy.skip and earlier):
         return SlotPlan(run_slot=None, missed=earlier + 1, next_run_at=following)
     return SlotPlan(run_slot=latest, missed=earlier, next_run_at=following)

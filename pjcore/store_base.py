@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import attrs
 
+from pjcore.exceptions import InvalidArgument
+
 from pjcore import cron
 from pjcore.abc import JobStore
 from pjcore.manifest import JobDeclaration
@@ -151,10 +153,10 @@ def encode_cursor(created_at: datetime, run_id: str) -> str:
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
     if not isinstance(cursor, str):
-        raise ValueError(f"malformed cursor {cursor!r}")
+        raise InvalidArgument(f"malformed cursor {cursor!r}")
     head, sep, run_id = cursor.partition(":")
     if not sep or not run_id or not head.lstrip("-").isdigit() or len(cursor) > 200:
-        raise ValueError(f"malformed cursor {cursor[:60]!r}")
+        raise InvalidArgument(f"malformed cursor {cursor[:60]!r}")
     return int(head), run_id
 
 
@@ -177,14 +179,14 @@ def from_micros(value: int | None) -> datetime | None:
 
 def check_limit(limit: int) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-        raise ValueError(f"limit must be an integer between 1 and {MAX_PAGE}, not {limit!r}")
+        raise InvalidArgument(f"limit must be an integer between 1 and {MAX_PAGE}, not {limit!r}")
     return limit
 
 
 def terminal_status(status: RunStatus | str) -> RunStatus:
     status = RunStatus(status)
     if not status.terminal:
-        raise ValueError(f"complete_run needs a terminal status, not {status.value!r}")
+        raise InvalidArgument(f"complete_run needs a terminal status, not {status.value!r}")
     return status
 
 

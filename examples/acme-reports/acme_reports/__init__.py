@@ -44,8 +44,10 @@ def _outbox() -> Path:
 
 
 def _write(ctx: JobContext, what: str) -> None:
-    # Keyed by (job, slot): a retried slot rewrites the same record instead of
-    # adding a second one, which keeps the handler idempotent.
+    # One line per run. pjcore claims each (job, slot) once, even with several
+    # `pjcore run` processes on one database, so a slot never shows up twice.
+    # A job with policy on_abandoned="retry" may see its slot again and would
+    # need to overwrite by slot rather than append.
     record = {"job": ctx.job_key, "slot": ctx.scheduled_for.isoformat(), "run": ctx.run_id,
               "what": what}
     with _outbox().open("a", encoding="utf-8") as fh:
@@ -63,7 +65,7 @@ def tick(ctx: JobContext) -> None:
 async def rebuild_index(ctx: JobContext) -> None:
     for _ in range(5):
         if await ctx.sleep(0.1):
-            return
+            ctx.check()  # asked to stop: raise, so the run is recorded cancelled
     _write(ctx, "index rebuilt")
 
 

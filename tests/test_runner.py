@@ -1,0 +1,374 @@
+"""The thread runner and call_handler: outcomes, async handlers, logging context, stop()."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+from loguru import logger
+
+from pjcore.abc import Outcome
+from pjcore.context import JobContext, RunCancelled
+from pjcore.contrib.runner import MAX_DETAIL, ThreadRunner, call_handler
+from pjcore.exceptions import ConfigurationError
+from pjcore.models import RunTrigger
+
+T0 = datetime(2026, 1, 15, 10, 30, tzinfo=timezone.utc)
+
+
+def make_context(run_id: str = "run-1", **fields) -> JobContext:
+    fields.setdefault("plugin_id", "plugin-a")
+    fields.setdefault("plugin_key", "acme")
+    fields.setdefault("job_key", "sync")
+    return JobContext(
+        run_id=run_id,
+        trigger=RunTrigger.schedule,
+        scheduled_for=T0,
+        logger=logger.bind(pj_run=run_id),
+        **fields,
+    )
+
+
+def wait_for(condition, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.002)
+
+
+@pytest.fixture
+def captured():
+    """Records pjcore-visible loguru messages with their extras."""
+    records: list[dict] = []
+    logger.enable("pjcore")
+    sink = logger.add(lambda message: records.append(message.record), level="DEBUG")
+    yield records
+    logger.remove(sink)
+    logger.disable("pjcore")
+
+
+@pytest.fixture
+def runner():
+    runner = ThreadRunner(max_workers=4)
+    yield runner
+    runner.stop(5)
+
+
+# -- call_handler: outcomes ------------------------------------------------------
+
+
+def test_sync_handler_succeeds_and_receives_the_context():
+    seen = []
+    outcome = call_handler(seen.append, ctx := make_context())
+    assert (outcome.status, outcome.error, outcome.error_detail) == ("succeeded", None, None)
+    assert seen == [ctx]
+
+
+def test_return_value_of_a_sync_handler_is_ignored():
+    assert call_handler(lambda ctx: 42, make_context()).status == "succeeded"
+
+
+def test_async_handler_is_awaited():
+    steps = []
+
+    async def handler(ctx):
+        steps.append("start")
+        await asyncio.sleep(0.01)
+        assert not await ctx.sleep(0.01)  # not cancelled: slept the whole time
+        steps.append("end")
+
+    assert call_handler(handler, make_context()).status == "succeeded"
+    assert steps == ["start", "end"]
+
+
+def test_sync_function_returning_an_awaitable_is_awaited():
+    done = []
+
+    async def work():
+        done.append(True)
+
+    assert call_handler(lambda ctx: work(), make_context()).status == "succeeded"
+    assert done == [True]
+
+
+def test_exception_gives_failed_with_message_and_short_traceback():
+    def explode(ctx):
+        raise ValueError("boom")
+
+    outcome = call_handler(explode, make_context())
+    assert outcome.status == "failed"
+    assert outcome.error == "boom"
+    assert outcome.error_detail.startswith("Traceback")
+    assert "ValueError: boom" in outcome.error_detail
+    assert "explode" in outcome.error_detail
+
+
+def test_exception_without_message_is_named_by_its_class():
+    class QuietError(Exception):
+        pass
+
+    def handler(ctx):
+        raise QuietError()
+
+    assert call_handler(handler, make_context()).error == "QuietError"
+
+
+def test_traceback_summary_keeps_only_the_last_frames():
+    def recurse(n):
+        if n == 0:
+            raise RuntimeError("deep")
+        recurse(n - 1)
+
+    outcome = call_handler(lambda ctx: recurse(30), make_context())
+    assert outcome.error == "deep"
+    assert outcome.error_detail.count('File "') <= 5
+    assert "<lambda>" not in outcome.error_detail  # the outer frames were dropped
+    assert outcome.error_detail.rstrip().endswith("RuntimeError: deep")
+
+
+def test_traceback_summary_is_bounded():
+    def handler(ctx):
+        raise ValueError("x" * 20_000)
+
+    outcome = call_handler(handler, make_context())
+    assert len(outcome.error_detail) <= MAX_DETAIL + 3
+    assert outcome.error_detail.startswith("...")
+    assert outcome.error == "x" * 20_000  # the message itself is kept whole
+
+
+def test_non_exception_base_exception_gives_failed():
+    class Weird(BaseException):
+        pass
+
+    def handler(ctx):
+        raise Weird("odd")
+
+    outcome = call_handler(handler, make_context())
+    assert (outcome.status, outcome.error) == ("failed", "Weird: odd")
+    assert "Weird: odd" in outcome.error_detail
+
+
+def test_system_exit_in_a_handler_gives_failed():
+    def handler(ctx):
+        raise SystemExit(3)
+
+    outcome = call_handler(handler, make_context())
+    assert (outcome.status, outcome.error) == ("failed", "SystemExit: 3")
+
+
+def test_run_cancelled_gives_cancelled():
+    def handler(ctx):
+        raise RunCancelled("stop now")
+
+    outcome = call_handler(handler, make_context())
+    assert (outcome.status, outcome.error, outcome.error_detail) == ("cancelled", "stop now", None)
+
+
+def test_check_after_a_cancel_request_gives_cancelled_with_the_reason():
+    ctx = make_context()
+    ctx.request_cancel("timed out after 5s")
+    ctx.request_cancel("later reasons do not replace the first")
+    outcome = call_handler(lambda c: c.check(), ctx)
+    assert (outcome.status, outcome.error) == ("cancelled", "timed out after 5s")
+    assert ctx.cancelled and ctx.cancel_reason == "timed out after 5s"
+
+
+def test_async_exceptions_and_cancellation():
+    async def failing(ctx):
+        await asyncio.sleep(0)
+        raise KeyError("missing")
+
+    async def cancelled(ctx):
+        ctx.check()
+
+    async def task_cancelled(ctx):
+        raise asyncio.CancelledError()
+
+    failed = call_handler(failing, make_context())
+    assert (failed.status, failed.error) == ("failed", "'missing'")
+    assert "KeyError" in failed.error_detail
+
+    ctx = make_context()
+    ctx.request_cancel("Plugin disabled")
+    assert (call_handler(cancelled, ctx).status, call_handler(cancelled, ctx).error) == (
+        "cancelled", "Plugin disabled")
+    assert call_handler(task_cancelled, ctx).status == "cancelled"
+
+
+def test_async_sleep_returns_early_when_cancelled():
+    ctx = make_context()
+
+    async def handler(c):
+        return await c.sleep(30)
+
+    threading.Timer(0.05, ctx.request_cancel, args=("stop",)).start()
+    started = time.monotonic()
+    assert call_handler(handler, ctx).status == "succeeded"
+    assert time.monotonic() - started < 5
+
+
+# -- logging context ---------------------------------------------------------------
+
+
+def test_logs_inside_a_handler_carry_plugin_job_and_run(captured):
+    def handler(ctx):
+        logger.info("from the global logger")
+        ctx.logger.info("from the context logger")
+
+    call_handler(handler, make_context(run_id="run-42"))
+    logger.info("after the call")
+    inside = [r for r in captured if r["message"].startswith("from the")]
+    assert len(inside) == 2
+    for record in inside:
+        assert record["extra"]["pj_plugin"] == "acme"
+        assert record["extra"]["pj_job"] == "sync"
+        assert record["extra"]["pj_run"] == "run-42"
+    after = next(r for r in captured if r["message"] == "after the call")
+    assert "pj_run" not in after["extra"]  # the context does not leak out of the call
+
+
+def test_async_handler_logs_carry_the_context(captured):
+    async def handler(ctx):
+        await asyncio.sleep(0)
+        logger.info("async")
+
+    call_handler(handler, make_context(run_id="run-7"))
+    record = next(r for r in captured if r["message"] == "async")
+    assert record["extra"]["pj_run"] == "run-7"
+
+
+# -- ThreadRunner -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.0, "2", None])
+def test_max_workers_must_be_a_positive_integer(bad):
+    with pytest.raises(ConfigurationError):
+        ThreadRunner(max_workers=bad)
+
+
+def test_submit_never_blocks_and_resolves_to_an_outcome(runner):
+    gate = threading.Event()
+    started = time.monotonic()
+    futures = [runner.submit(lambda ctx: gate.wait(5), make_context(f"r{i}")) for i in range(8)]
+    assert time.monotonic() - started < 0.5  # 8 submissions, 4 workers: none waited
+    assert not any(f.done() for f in futures)
+    gate.set()
+    outcomes = [f.result(5) for f in futures]
+    assert all(isinstance(o, Outcome) and o.status == "succeeded" for o in outcomes)
+
+
+def test_failing_handler_resolves_the_future_with_a_failed_outcome(runner):
+    def handler(ctx):
+        raise RuntimeError("nope")
+
+    outcome = runner.submit(handler, make_context()).result(5)
+    assert (outcome.status, outcome.error) == ("failed", "nope")
+
+
+def test_at_most_max_workers_calls_run_at_once():
+    runner = ThreadRunner(max_workers=2)
+    lock = threading.Lock()
+    running, peak = [0], [0]
+    gate = threading.Event()
+
+    def handler(ctx):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        gate.wait(5)
+        with lock:
+            running[0] -= 1
+
+    try:
+        futures = [runner.submit(handler, make_context(f"r{i}")) for i in range(5)]
+        wait_for(lambda: running[0] == 2)
+        time.sleep(0.05)
+        assert running[0] == 2
+        gate.set()
+        for f in futures:
+            assert f.result(5).status == "succeeded"
+        assert peak[0] == 2
+    finally:
+        runner.stop(5)
+
+
+def test_async_handlers_run_concurrently_in_separate_loops(runner):
+    both = threading.Barrier(2, timeout=5)
+
+    async def handler(ctx):
+        await asyncio.sleep(0)
+        both.wait()  # blocks its own loop only; the other handler still arrives
+
+    futures = [runner.submit(handler, make_context(f"r{i}")) for i in range(2)]
+    assert [f.result(5).status for f in futures] == ["succeeded", "succeeded"]
+
+
+def test_submit_starts_the_runner_on_first_use():
+    runner = ThreadRunner(max_workers=1)
+    try:
+        assert runner.submit(lambda ctx: None, make_context()).result(5).status == "succeeded"
+    finally:
+        assert runner.stop(5)
+
+
+def test_stop_waits_up_to_timeout_and_reports_unfinished_calls():
+    runner = ThreadRunner(max_workers=2)
+    gate = threading.Event()
+    future = runner.submit(lambda ctx: gate.wait(5), make_context())
+    wait_for(lambda: future.running())
+    started = time.monotonic()
+    assert runner.stop(timeout=0.1) is False
+    assert 0.09 <= time.monotonic() - started < 2
+    # a second stop still sees the call in flight
+    assert runner.stop(timeout=0) is False
+    gate.set()
+    assert future.result(5).status == "succeeded"
+    assert runner.stop(timeout=1) is True
+
+
+def test_stop_returns_true_once_every_call_finished():
+    runner = ThreadRunner(max_workers=2)
+    futures = [runner.submit(lambda ctx: time.sleep(0.05), make_context(f"r{i}")) for i in range(3)]
+    assert runner.stop(timeout=5) is True
+    assert all(f.done() and f.result().status == "succeeded" for f in futures)
+
+
+def test_stop_is_idempotent_and_safe_before_start():
+    runner = ThreadRunner()
+    assert runner.stop() is True
+    assert runner.stop(0) is True
+
+
+def test_calls_queued_before_stop_still_run():
+    runner = ThreadRunner(max_workers=1)
+    gate = threading.Event()
+    ran = []
+    first = runner.submit(lambda ctx: gate.wait(5), make_context("a"))
+    queued = runner.submit(lambda ctx: ran.append(ctx.run_id), make_context("b"))
+    wait_for(first.running)
+    assert runner.stop(timeout=0) is False
+    gate.set()
+    assert queued.result(5).status == "succeeded"
+    assert ran == ["b"]
+
+
+def test_no_work_is_accepted_after_stop_until_started_again():
+    runner = ThreadRunner(max_workers=1)
+    called = []
+    runner.submit(called.append, make_context("a")).result(5)
+    runner.stop(5)
+    refused = runner.submit(called.append, make_context("b")).result(1)
+    assert refused.status == "cancelled" and "stopped" in refused.error
+    runner.start()
+    try:
+        assert runner.submit(called.append, make_context("c")).result(5).status == "succeeded"
+    finally:
+        runner.stop(5)
+    assert [c.run_id for c in called] == ["a", "c"]

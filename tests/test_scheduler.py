@@ -1,0 +1,1312 @@
+"""ThreadScheduler over real stores and a real runner, with time driven by a ManualClock.
+
+Rounds are driven by ``tick()`` where the order matters; the loop thread is
+started where waking and sleeping are the point. Handlers are gated with
+events, so "in flight" is a state the test controls, not a race.
+"""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import pytest
+from loguru import logger
+
+from pjcore.clock import ManualClock, SystemClock
+from pjcore.context import JobContext
+from pjcore.contrib.memory import MemoryJobStore
+from pjcore.contrib.peewee_store import PeeweeJobStore
+from pjcore.contrib.runner import ThreadRunner
+from pjcore.contrib.scheduler import ThreadScheduler
+from pjcore.exceptions import (
+    ConfigurationError,
+    JobAlreadyRunning,
+    JobLookupError,
+    JobNotActive,
+    PjError,
+    PluginNotRunning,
+    StoreError,
+)
+from pjcore.manifest import JobDeclaration, JobPolicy
+from pjcore.models import JobStatus, RunStatus, RunTrigger
+
+UTC = timezone.utc
+T0 = datetime(2026, 1, 15, 10, 30, tzinfo=UTC)  # a Thursday
+PLUGIN, KEY = "plugin-a", "acme"
+OTHER, OTHER_KEY = "plugin-b", "beta"
+EVERY_15 = "*/15 * * * *"
+
+
+def hm(hour: int, minute: int, second: int = 0) -> datetime:
+    return datetime(2026, 1, 15, hour, minute, second, tzinfo=UTC)
+
+
+def decl(job_key: str, schedule: str | None = EVERY_15, **policy: Any) -> JobDeclaration:
+    return JobDeclaration(job_key=job_key, display_name=job_key.title(), schedule=schedule,
+                          policy=JobPolicy(**policy))
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll *condition* until truthy; fail after *timeout* real seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout}s")
+        time.sleep(0.002)
+
+
+class Gate:
+    """A handler that blocks until released, recording each context it gets."""
+
+    def __init__(self, result: Callable[[JobContext], Any] | None = None) -> None:
+        self.release = threading.Event()
+        self.contexts: list[JobContext] = []
+        self.saw_cancel: list[bool] = []
+        self._result = result
+
+    def __call__(self, ctx: JobContext) -> Any:
+        self.contexts.append(ctx)
+        self.release.wait(10)
+        self.saw_cancel.append(ctx.cancelled)
+        if self._result is not None:
+            return self._result(ctx)
+
+    @property
+    def calls(self) -> int:
+        return len(self.contexts)
+
+
+class Env:
+    """A store, a ManualClock, a ThreadRunner and a ThreadScheduler wired together."""
+
+    def __init__(self, store, *, clock=None, handlers=None, max_concurrent: int = 10,
+                 default_timeout: float | None = None, max_workers: int | None = None,
+                 **options: Any) -> None:
+        self.store = store
+        self.clock = clock or ManualClock(T0)
+        self.handlers: dict[tuple[str, str], Callable] = dict(handlers or {})
+        self.events: list[tuple[str, Any, Any]] = []
+        self.runner = ThreadRunner(max_workers=max_workers or max_concurrent)
+        self.scheduler = ThreadScheduler(
+            store=store, runner=self.runner, clock=self.clock,
+            resolve=lambda plugin_key, job_key: self.handlers.get((plugin_key, job_key)),
+            notify=lambda name, run, job: self.events.append((name, run, job)),
+            max_concurrent=max_concurrent, default_timeout=default_timeout, **options,
+        )
+
+    # -- setup --
+
+    def load(self, *decls: JobDeclaration, plugin: str = PLUGIN, key: str = KEY,
+             register: bool = True) -> dict[str, Any]:
+        self.store.sync_jobs(plugin, key, list(decls), now=self.clock.now())
+        if register:
+            self.scheduler.register_plugin(plugin, key)
+        return {j.job_key: j for j in self.store.list_jobs(plugin)}
+
+    def handle(self, job_key: str, handler: Callable, key: str = KEY) -> Callable:
+        self.handlers[(key, job_key)] = handler
+        return handler
+
+    # -- observation --
+
+    def job(self, job_key: str, plugin: str = PLUGIN):
+        return self.store.get_job_by_key(plugin, job_key)
+
+    def runs(self, job_key: str | None = None, plugin: str = PLUGIN) -> list:
+        """Runs oldest first."""
+        job_id = None if job_key is None else self.job(job_key, plugin).id
+        page = self.store.list_runs(plugin_id=plugin, job_id=job_id, limit=1000)
+        # runs created in one tick share created_at: their slots order them
+        return sorted(page.runs, key=lambda r: (r.created_at, r.scheduled_for or r.created_at))
+
+    def run(self, run_id: str):
+        return self.store.get_run(run_id)
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait until no run is in flight (recorded, announced, job released)."""
+        wait_for(lambda: not self.scheduler.diagnostics()["active_run_ids"], timeout,
+                 "no run in flight")
+
+    def wait_status(self, run_id: str, *statuses: str, timeout: float = 5.0):
+        return wait_for(lambda: (r := self.run(run_id)) is not None
+                        and r.status.value in statuses and r, timeout,
+                        f"run {run_id} in {statuses}")
+
+    def events_of(self, name: str) -> list:
+        return [(run, job) for n, run, job in self.events if n == name]
+
+    def close(self) -> None:
+        self.scheduler.stop(timeout=0.5)
+        self.runner.stop(0.5)
+        self.store.close()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_store(request, tmp_path):
+    def make(name: str = "jobs"):
+        if request.param == "memory":
+            return MemoryJobStore()
+        return PeeweeJobStore(f"sqlite:///{tmp_path}/{name}.db")
+    return make
+
+
+@pytest.fixture
+def memory_env():
+    envs: list[Env] = []
+
+    def make(**options: Any) -> Env:
+        env = Env(MemoryJobStore(), **options)
+        envs.append(env)
+        return env
+
+    yield make
+    for env in envs:
+        env.close()
+
+
+@pytest.fixture
+def env_factory(make_store):
+    envs: list[Env] = []
+
+    def make(**options: Any) -> Env:
+        env = Env(make_store(), **options)
+        envs.append(env)
+        return env
+
+    yield make
+    for env in envs:
+        env.close()
+
+
+# -- construction ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [
+    {"max_concurrent": 0}, {"max_concurrent": True}, {"max_concurrent": 1.5},
+    {"default_timeout": 0}, {"default_timeout": -1}, {"default_timeout": "5"},
+    {"max_idle": 0},
+])
+def test_bad_options_are_refused(options):
+    store = MemoryJobStore()
+    with pytest.raises(ConfigurationError):
+        ThreadScheduler(store=store, runner=ThreadRunner(), resolve=lambda p, j: None, **options)
+    with pytest.raises(ConfigurationError):
+        ThreadScheduler(store=object(), runner=ThreadRunner(), resolve=lambda p, j: None)
+
+
+# -- start, stop, diagnostics ------------------------------------------------------------
+
+
+def scheduler_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "pjcore-scheduler" and t.is_alive()]
+
+
+def test_diagnostics_initial_state(memory_env):
+    diag = memory_env().scheduler.diagnostics()
+    assert diag["running"] is False
+    assert diag["tick_count"] == 0
+    assert diag["last_tick_at"] is None
+    assert diag["active_run_ids"] == [] and diag["busy_job_ids"] == []
+    assert diag["next_wake_at"] is None
+    assert diag["registered_plugins"] == []
+
+
+def test_start_is_idempotent(memory_env):
+    env = memory_env()
+    before = len(scheduler_threads())
+    env.scheduler.start()
+    env.scheduler.start()
+    assert env.scheduler.diagnostics()["running"] is True
+    assert len(scheduler_threads()) == before + 1
+    env.scheduler.stop()
+    assert env.scheduler.diagnostics()["running"] is False
+    assert len(scheduler_threads()) == before
+
+
+def test_stop_is_safe_before_start_and_twice(memory_env):
+    env = memory_env()
+    env.scheduler.stop()
+    env.scheduler.stop(timeout=0)
+    env.scheduler.start()
+    env.scheduler.stop()
+    env.scheduler.stop()
+    assert env.scheduler.diagnostics()["running"] is False
+
+
+def test_no_tick_after_stop(memory_env):
+    env = memory_env()
+    env.load(decl("sync", "* * * * *"))
+    env.handle("sync", lambda ctx: None)
+    env.scheduler.start()
+    wait_for(lambda: env.scheduler.diagnostics()["tick_count"] >= 1)
+    env.scheduler.stop()
+    ticks = env.scheduler.diagnostics()["tick_count"]
+    env.clock.advance(hours=2)
+    env.scheduler.wake()
+    time.sleep(0.1)
+    assert env.scheduler.diagnostics()["tick_count"] == ticks
+    assert env.runs() == []
+
+
+def test_ticks_are_counted_and_stamped_with_the_clock(memory_env):
+    env = memory_env()
+    env.scheduler.tick()
+    assert env.scheduler.diagnostics()["tick_count"] == 1
+    assert env.scheduler.diagnostics()["last_tick_at"] == T0
+    env.clock.advance(seconds=42)
+    env.scheduler.tick()
+    diag = env.scheduler.diagnostics()
+    assert diag["tick_count"] == 2
+    assert diag["last_tick_at"] == T0 + timedelta(seconds=42)
+
+
+def test_tick_count_increments_even_when_the_store_fails(memory_env):
+    env = memory_env()
+    env.load(decl("sync"))
+    env.store.close()
+    with pytest.raises(StoreError):
+        env.scheduler.tick()
+    with pytest.raises(StoreError):
+        env.scheduler.tick()
+    diag = env.scheduler.diagnostics()
+    assert diag["tick_count"] == 2 and diag["last_tick_at"] == T0
+
+
+def test_loop_survives_a_failing_store_and_backs_off(memory_env):
+    env = memory_env()
+    env.load(decl("sync"))
+    env.store.close()
+    env.scheduler.start()
+    wait_for(lambda: env.scheduler.diagnostics()["consecutive_errors"] >= 1)
+    diag = env.scheduler.diagnostics()
+    assert diag["running"] and diag["tick_count"] >= 1
+    # it sleeps (backs off) instead of retrying in a tight loop
+    assert diag["next_wake_at"] > env.clock.now()
+    time.sleep(0.1)
+    assert env.scheduler.diagnostics()["tick_count"] <= 2
+
+
+# -- a due job ----------------------------------------------------------------------------
+
+
+def test_due_job_runs_once_for_its_slot(env_factory):
+    env = env_factory()
+    jobs = env.load(decl("sync"))
+    gate = env.handle("sync", Gate())
+    assert jobs["sync"].next_run_at == hm(10, 45)
+    assert env.scheduler.tick() == 0  # 10:30: not due
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == 1
+    (run,) = env.runs()
+    assert run.trigger is RunTrigger.schedule
+    assert run.scheduled_for == hm(10, 45)
+    env.wait_status(run.id, "running")
+    env.clock.advance(minutes=2)
+    gate.release.set()
+    env.settle()
+    done = env.run(run.id)
+    assert done.status is RunStatus.succeeded
+    assert done.started_at == hm(10, 45) and done.finished_at == hm(10, 47)
+    assert done.duration_ms == 120_000 and done.error is None
+    job = env.job("sync")
+    # from the slot, not from the completion at 10:47
+    assert job.next_run_at == hm(11, 0)
+    assert job.last_run_at == hm(10, 45)
+    assert env.scheduler.tick() == 0  # 10:47: the next slot is 11:00
+    assert len(env.runs()) == 1
+
+
+def test_run_goes_queued_running_succeeded_with_notifications(memory_env):
+    # one worker, held by another job: the scheduled run waits queued
+    env = memory_env(max_workers=1)
+    env.load(decl("sync"), decl("manual", None))
+    blocker = env.handle("manual", Gate())
+    gate = env.handle("sync", Gate())
+    env.scheduler.trigger(env.job("manual").id)
+    wait_for(lambda: blocker.calls == 1)
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == 1
+    (run,) = env.runs("sync")
+    assert env.run(run.id).status is RunStatus.queued
+    blocker.release.set()
+    env.wait_status(run.id, "running")
+    gate.release.set()
+    env.settle()
+    assert env.run(run.id).status is RunStatus.succeeded
+    started = [(r, j) for r, j in env.events_of("run_started") if r.id == run.id]
+    finished = [(r, j) for r, j in env.events_of("run_finished") if r.id == run.id]
+    assert len(started) == 1 and len(finished) == 1
+    assert started[0][0].status is RunStatus.running and started[0][0].scheduled_for == hm(10, 45)
+    assert finished[0][0].status is RunStatus.succeeded
+    assert started[0][1].job_key == finished[0][1].job_key == "sync"
+
+
+def test_cadence_never_drifts(env_factory):
+    env = env_factory()
+    env.load(decl("sync"))
+    env.handle("sync", lambda ctx: None)
+    slots = []
+    for _ in range(4):
+        slot = env.job("sync").next_run_at
+        env.clock.set(slot)
+        assert env.scheduler.tick() == 1
+        env.clock.advance(minutes=2)  # each run "takes" two minutes
+        env.settle()
+        slots.append(env.runs()[-1].scheduled_for)
+    assert slots == [hm(10, 45), hm(11, 0), hm(11, 15), hm(11, 30)]
+    assert env.job("sync").next_run_at == hm(11, 45)
+
+
+def test_handler_receives_the_context(memory_env):
+    records: list[dict] = []
+    logger.enable("pjcore")
+    sink = logger.add(lambda m: records.append(m.record), level="DEBUG")
+    try:
+        env = memory_env()
+        env.load(decl("sync"))
+        seen = {}
+
+        def handler(ctx: JobContext):
+            seen.update(plugin_id=ctx.plugin_id, plugin_key=ctx.plugin_key, job_key=ctx.job_key,
+                        run_id=ctx.run_id, trigger=ctx.trigger, scheduled_for=ctx.scheduled_for,
+                        cancelled=ctx.cancelled)
+            ctx.check()  # not cancelled: does not raise
+            ctx.logger.info("hello from the handler")
+
+        env.handle("sync", handler)
+        env.clock.set(hm(10, 45, 30))
+        env.scheduler.tick()
+        env.settle()
+    finally:
+        logger.remove(sink)
+        logger.disable("pjcore")
+    (run,) = env.runs()
+    assert run.status is RunStatus.succeeded
+    assert seen == dict(plugin_id=PLUGIN, plugin_key=KEY, job_key="sync", run_id=run.id,
+                        trigger=RunTrigger.schedule, scheduled_for=hm(10, 45), cancelled=False)
+    record = next(r for r in records if r["message"] == "hello from the handler")
+    assert (record["extra"]["pj_plugin"], record["extra"]["pj_job"], record["extra"]["pj_run"]) == (
+        KEY, "sync", run.id)
+
+
+# -- failures ---------------------------------------------------------------------------
+
+
+def test_handler_error_fails_the_run_and_the_pointer_still_advances(env_factory):
+    env = env_factory()
+    env.load(decl("sync"))
+
+    def broken_handler(ctx):
+        raise ValueError("the API said no")
+
+    env.handle("sync", broken_handler)
+    env.clock.set(hm(10, 45))
+    env.scheduler.tick()
+    env.settle()
+    (run,) = env.runs()
+    assert run.status is RunStatus.failed
+    assert run.error == "the API said no"
+    assert "Traceback" in run.error_detail and "broken_handler" in run.error_detail
+    assert "ValueError: the API said no" in run.error_detail
+    assert len(run.error_detail) < 5000
+    assert env.job("sync").next_run_at == hm(11, 0)
+    (finished, _), = env.events_of("run_finished")
+    assert finished.status is RunStatus.failed and finished.error == "the API said no"
+
+
+def test_non_exception_raise_fails_the_run(memory_env):
+    class Weird(BaseException):
+        pass
+
+    env = memory_env()
+    env.load(decl("sync"))
+
+    def handler(ctx):
+        raise Weird("odd")
+
+    env.handle("sync", handler)
+    env.clock.set(hm(10, 45))
+    env.scheduler.tick()
+    env.settle()
+    (run,) = env.runs()
+    assert (run.status, run.error) == (RunStatus.failed, "Weird: odd")
+    # the job is released: it runs again at its next slot
+    env.clock.set(hm(11, 0))
+    assert env.scheduler.tick() == 1
+
+
+def test_job_without_a_handler_fails_with_the_exact_message(env_factory):
+    env = env_factory()
+    env.load(decl("ghost"))
+    env.clock.set(hm(10, 45))
+    env.scheduler.tick()
+    env.settle()
+    (run,) = env.runs()
+    assert run.status is RunStatus.failed
+    assert run.error == 'No handler registered for job "ghost"'
+
+
+def test_one_failing_job_does_not_affect_another_in_the_same_tick(env_factory):
+    env = env_factory()
+    env.load(decl("bad"), decl("good"))
+
+    def bad(ctx):
+        raise RuntimeError("bad job")
+
+    env.handle("bad", bad)
+    env.handle("good", lambda ctx: None)
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == 2
+    env.settle()
+    assert env.runs("bad")[0].status is RunStatus.failed
+    assert env.runs("good")[0].status is RunStatus.succeeded
+    assert env.job("bad").next_run_at == env.job("good").next_run_at == hm(11, 0)
+
+
+def test_an_unschedulable_stored_job_is_parked_and_others_still_run(tmp_path):
+    # A row whose schedule no longer evaluates (written by hand or another
+    # version) must not fail every tick for every job.
+    env = Env(PeeweeJobStore(f"sqlite:///{tmp_path}/jobs.db"))
+    try:
+        env.load(decl("corrupt"), decl("fine"))
+        env.handle("fine", lambda ctx: None)
+        env.handle("corrupt", lambda ctx: None)
+        env.store.database.execute_sql(
+            f"UPDATE {env.store.table_prefix}jobs SET schedule = 'not cron' WHERE job_key = 'corrupt'")
+        env.clock.set(hm(10, 45))
+        assert env.scheduler.tick() == 1
+        env.settle()
+        assert env.runs("corrupt") == []
+        assert env.runs("fine")[0].status is RunStatus.succeeded
+        assert env.job("corrupt").next_run_at is None
+        env.clock.set(hm(11, 0))
+        assert env.scheduler.tick() == 1
+    finally:
+        env.close()
+
+
+# -- overlap -------------------------------------------------------------------------------
+
+
+def test_no_second_run_while_one_is_in_flight(env_factory):
+    env = env_factory()
+    env.load(decl("sync", "* * * * *"))
+    gate = env.handle("sync", Gate())
+    env.clock.set(hm(10, 31))
+    assert env.scheduler.tick() == 1
+    for minute in (32, 33):  # its next slots pass while it runs
+        env.clock.set(hm(10, minute))
+        assert env.scheduler.tick() == 0
+    assert len(env.runs()) == 1
+    assert env.job("sync").next_run_at == hm(10, 32)  # left due for the misfire policy
+    gate.release.set()
+    env.settle()
+    assert env.scheduler.tick() == 1  # at 10:33, once free
+    env.settle()
+    runs = env.runs()
+    assert [r.scheduled_for for r in runs] == [hm(10, 31), hm(10, 33)]
+    assert env.job("sync").missed_count == 1  # 10:32 was coalesced
+    assert gate.calls == 2
+
+
+def test_different_jobs_run_in_the_same_tick(env_factory):
+    env = env_factory()
+    env.load(decl("a"), decl("b"), decl("c"))
+    gate = Gate()
+    for key in "abc":
+        env.handle(key, gate)
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == 3
+    wait_for(lambda: gate.calls == 3)  # all three in flight at once
+    gate.release.set()
+    env.settle()
+    assert {r.status for r in env.runs()} == {RunStatus.succeeded}
+
+
+# -- concurrency cap ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cap,count", [(1, 2), (2, 3)])
+def test_cap_defers_the_rest_to_the_next_tick(env_factory, cap, count):
+    env = env_factory(max_concurrent=cap)
+    keys = [f"job{i}" for i in range(count)]
+    env.load(*(decl(k) for k in keys))
+    gate = Gate()
+    for key in keys:
+        env.handle(key, gate)
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == cap
+    assert len(env.runs()) == cap
+    assert env.scheduler.tick() == 0  # still full
+    gate.release.set()
+    env.settle()
+    assert env.scheduler.tick() == count - cap
+    env.settle()
+    runs = env.runs()
+    assert len(runs) == count
+    assert {r.job_key for r in runs} == set(keys)
+    # the deferred job still ran its own slot
+    assert {r.scheduled_for for r in runs} == {hm(10, 45)}
+
+
+def test_cap_never_starves_a_job(env_factory):
+    env = env_factory(max_concurrent=1)
+    keys = ["a", "b", "c", "d"]
+    env.load(*(decl(k, "* * * * *") for k in keys))
+    for key in keys:
+        env.handle(key, lambda ctx: None)
+    order = []
+    for minute in range(31, 39):  # one tick a minute: one run a minute
+        env.clock.set(hm(10, minute))
+        assert env.scheduler.tick() == 1
+        env.settle()
+        order.append(env.runs()[-1].job_key)
+    # oldest due first: every job gets a turn before any gets a second one
+    assert sorted(order[:4]) == keys and sorted(order[4:]) == keys
+
+
+def test_manual_runs_count_against_the_cap(memory_env):
+    env = memory_env(max_concurrent=1)
+    env.load(decl("sync"), decl("manual", None))
+    gate = env.handle("manual", Gate())
+    env.handle("sync", lambda ctx: None)
+    env.scheduler.trigger(env.job("manual").id)
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == 0
+    gate.release.set()
+    env.settle()
+    assert env.scheduler.tick() == 1
+
+
+# -- which jobs are dispatched -------------------------------------------------------------
+
+
+def test_jobs_of_unregistered_plugins_are_not_dispatched(env_factory):
+    env = env_factory()
+    env.load(decl("sync"))
+    env.load(decl("sync"), plugin=OTHER, key=OTHER_KEY, register=False)
+    env.handle("sync", lambda ctx: None)
+    env.handle("sync", lambda ctx: None, key=OTHER_KEY)
+    env.clock.set(hm(12, 0))
+    assert env.scheduler.tick() == 1
+    env.settle()
+    assert len(env.runs(plugin=PLUGIN)) == 1
+    assert env.runs(plugin=OTHER) == []
+    other = env.job("sync", OTHER)
+    assert other.next_run_at == hm(10, 45) and other.missed_count == 0  # untouched
+
+
+def test_manual_only_jobs_are_never_dispatched_by_ticks(env_factory):
+    env = env_factory()
+    env.load(decl("manual", None))
+    env.handle("manual", lambda ctx: None)
+    for days in range(3):
+        env.clock.advance(days=1)
+        assert env.scheduler.tick() == 0
+    assert env.runs() == []
+    assert env.job("manual").next_run_at is None
+
+
+def test_paused_jobs_are_not_dispatched(memory_env):
+    env = memory_env()
+    env.load(decl("sync"))
+    env.handle("sync", lambda ctx: None)
+    env.store.pause_job(env.job("sync").id, now=env.clock.now())
+    env.clock.set(hm(12, 0))
+    assert env.scheduler.tick() == 0
+
+
+# -- misfire policy ------------------------------------------------------------------------
+
+# pointer 10:45, scheduler down until 12:10: 10:45 .. 12:00 (6 slots) were missed
+
+
+def test_after_downtime_run_once_runs_the_latest_slot_once(env_factory):
+    env = env_factory()
+    env.load(decl("sync"))
+    env.handle("sync", lambda ctx: None)
+    env.clock.set(hm(12, 10))
+    assert env.scheduler.tick() == 1
+    env.settle()
+    assert env.scheduler.tick() == 0
+    (run,) = env.runs()
+    assert run.scheduled_for == hm(12, 0)
+    job = env.job("sync")
+    assert job.missed_count == 5 and job.next_run_at == hm(12, 15)
+
+
+def test_after_downtime_skip_runs_nothing_and_counts_every_slot(env_factory):
+    env = env_factory()
+    env.load(decl("sync", misfire="skip"))
+    env.handle("sync", lambda ctx: None)
+    env.clock.set(hm(12, 10))
+    assert env.scheduler.tick() == 0
+    assert env.runs() == []
+    job = env.job("sync")
+    assert job.missed_count == 6 and job.next_run_at == hm(12, 15)
+    env.clock.set(hm(12, 15))  # back on schedule: runs normally
+    assert env.scheduler.tick() == 1
+
+
+def test_after_downtime_run_all_runs_each_missed_slot_in_turn(env_factory):
+    env = env_factory()
+    env.load(decl("sync", misfire="run_all", misfire_grace_seconds=None))
+    env.handle("sync", lambda ctx: None)
+    env.clock.set(hm(12, 10))
+    while env.scheduler.tick():
+        env.settle()
+    assert [r.scheduled_for for r in env.runs()] == [
+        hm(10, 45), hm(11, 0), hm(11, 15), hm(11, 30), hm(11, 45), hm(12, 0)]
+    job = env.job("sync")
+    assert job.missed_count == 0 and job.next_run_at == hm(12, 15)
+
+
+def test_slots_later_than_the_grace_window_are_counted_not_run(env_factory):
+    env = env_factory()
+    env.load(decl("late", misfire_grace_seconds=300), decl("recent", misfire_grace_seconds=900))
+    env.handle("late", lambda ctx: None)
+    env.handle("recent", lambda ctx: None)
+    env.clock.set(hm(12, 10))  # 12:00 is 600 s old
+    assert env.scheduler.tick() == 1
+    env.settle()
+    assert env.runs("late") == []
+    assert env.job("late").missed_count == 6
+    assert env.job("late").next_run_at == hm(12, 15)
+    assert [r.scheduled_for for r in env.runs("recent")] == [hm(12, 0)]
+
+
+@pytest.mark.parametrize("policy,expected,missed", [
+    ("run_once", [hm(11, 15)], 1),
+    ("skip", [], 2),
+    ("run_all", [hm(11, 0), hm(11, 15)], 0),
+])
+def test_slots_passed_during_a_long_run_are_coalesced_per_policy(env_factory, policy, expected,
+                                                                  missed):
+    env = env_factory()
+    env.load(decl("sync", misfire=policy))
+    gate = Gate()
+    env.handle("sync", lambda ctx: gate(ctx) if ctx.scheduled_for == hm(10, 45) else None)
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == 1
+    for minute in (11 * 60, 11 * 60 + 15):  # 11:00 and 11:15 pass while it runs
+        env.clock.set(hm(minute // 60, minute % 60))
+        assert env.scheduler.tick() == 0
+    env.clock.set(hm(11, 20))
+    gate.release.set()
+    env.settle()
+    while env.scheduler.tick():
+        env.settle()
+    assert [r.scheduled_for for r in env.runs()][1:] == expected
+    job = env.job("sync")
+    assert job.missed_count == missed and job.next_run_at == hm(11, 30)
+
+
+# -- a slow job does not block the others (real threads, real time) ------------------------
+
+
+def test_slow_job_does_not_delay_other_jobs(tmp_path):
+    env = Env(PeeweeJobStore(f"sqlite:///{tmp_path}/jobs.db"), clock=SystemClock(),
+              max_concurrent=4)
+    try:
+        # both due every second; "slow" takes 1.5 s (cancellable at teardown),
+        # so the second "fast" run is due while "slow" still runs
+        env.load(decl("slow", "* * * * * *"), decl("fast", "* * * * * *"))
+        slow_started = threading.Event()
+
+        def slow(ctx):
+            slow_started.set()
+            ctx.wait(1.5)
+
+        env.handle("slow", slow)
+        env.handle("fast", lambda ctx: None)
+        env.scheduler.start()
+        wait_for(lambda: len([r for r in env.runs("fast") if r.status.terminal]) >= 2
+                 and slow_started.is_set(), timeout=8, what="2 fast runs")
+        env.scheduler.stop(timeout=0)
+        (slow_run, *_) = env.runs("slow")
+        fast_runs = [r for r in env.runs("fast") if r.started_at is not None]
+        latencies = [(r.started_at - r.scheduled_for).total_seconds() for r in fast_runs]
+        # the loop sleeps until the slot (timer accuracy ~1 ms) and a tick is a
+        # few SQLite statements (a few ms); a scheduler that waited for the
+        # slow handler would show ~1 s here. 100 ms leaves a 10x+ margin for a
+        # loaded CI machine.
+        assert max(latencies) < 0.1, latencies
+        # and some of those fast runs really started while the slow one ran
+        slow_end = slow_run.finished_at or datetime.now(UTC)
+        overlapping = [r for r in fast_runs if slow_run.started_at < r.started_at < slow_end]
+        assert overlapping
+    finally:
+        env.close()
+
+
+# -- sleeping and waking ---------------------------------------------------------------------
+
+
+def test_loop_sleeps_until_the_earliest_slot(memory_env):
+    env = memory_env()
+    env.load(decl("quarterly"), decl("hourly", "0 * * * *"))
+    # an earlier job of an unregistered plugin does not count
+    env.load(decl("early", "* * * * *"), plugin=OTHER, key=OTHER_KEY, register=False)
+    env.handle("quarterly", lambda ctx: None)
+    env.handle("hourly", lambda ctx: None)
+    env.scheduler.start()
+    wait_for(lambda: env.scheduler.diagnostics()["next_wake_at"] == hm(10, 45))
+    ticks = env.scheduler.diagnostics()["tick_count"]
+    time.sleep(0.1)
+    assert env.scheduler.diagnostics()["tick_count"] == ticks  # asleep
+    env.clock.set(hm(10, 44, 59))
+    time.sleep(0.05)
+    assert env.scheduler.diagnostics()["tick_count"] == ticks
+    assert env.runs() == []
+    env.clock.set(hm(10, 45))  # the loop wakes by itself at the slot
+    wait_for(lambda: len(env.runs("quarterly")) == 1)
+    wait_for(lambda: env.scheduler.diagnostics()["next_wake_at"] == hm(11, 0))
+
+
+def test_wake_register_and_trigger_wake_the_loop_at_once(memory_env):
+    env = memory_env()  # max_idle 30 s: only a wake explains a prompt tick
+    env.load(decl("sync", "0 0 1 1 *"), decl("manual", None))
+    env.handle("manual", lambda ctx: None)
+    env.scheduler.start()
+    wait_for(lambda: env.scheduler.diagnostics()["next_wake_at"] is not None)
+
+    def ticks():
+        return env.scheduler.diagnostics()["tick_count"]
+
+    before = ticks()
+    env.scheduler.wake()
+    wait_for(lambda: ticks() > before, timeout=1, what="tick after wake()")
+    before = ticks()
+    env.scheduler.register_plugin(OTHER, OTHER_KEY)
+    wait_for(lambda: ticks() > before, timeout=1, what="tick after register")
+    before = ticks()
+    env.scheduler.trigger(env.job("manual").id)
+    wait_for(lambda: ticks() > before, timeout=1, what="tick after a triggered run")
+
+
+def test_register_makes_a_due_job_run_without_waiting(memory_env):
+    env = memory_env()
+    env.load(decl("sync"), register=False)
+    env.handle("sync", lambda ctx: None)
+    env.clock.set(hm(10, 45))
+    env.scheduler.start()
+    time.sleep(0.05)
+    assert env.runs() == []
+    env.scheduler.register_plugin(PLUGIN, KEY)
+    wait_for(lambda: len(env.runs()) == 1, timeout=1)
+
+
+def test_idle_with_many_jobs_uses_no_cpu(tmp_path):
+    env = Env(PeeweeJobStore(f"sqlite:///{tmp_path}/jobs.db"), clock=SystemClock())
+    try:
+        for plugin in range(2):  # 2 x 1000 jobs, all due next New Year
+            env.load(*(decl(f"job{i}", "0 0 1 1 *") for i in range(1000)),
+                     plugin=f"p{plugin}", key=f"k{plugin}")
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        env.scheduler.start()
+        time.sleep(1.0)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        diag = env.scheduler.diagnostics()
+        assert diag["tick_count"] <= 3
+        assert diag["next_wake_at"] == datetime(datetime.now(UTC).year + 1, 1, 1, tzinfo=UTC)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        assert cpu < 0.3, cpu
+    finally:
+        env.close()
+
+
+def test_loop_does_not_spin_while_a_due_job_is_in_flight(memory_env):
+    env = memory_env()
+    env.load(decl("sync", "* * * * *"), decl("later", "0 12 * * *"))
+    gate = env.handle("sync", Gate())
+    env.handle("later", lambda ctx: None)
+    env.scheduler.start()
+    env.clock.set(hm(10, 31))
+    wait_for(lambda: gate.calls == 1)
+    env.clock.set(hm(10, 35))  # its next slots are past due while it runs
+    time.sleep(0.3)
+    assert env.scheduler.diagnostics()["tick_count"] < 10
+    # it sleeps until the next job that can run, not forever
+    assert env.scheduler.diagnostics()["next_wake_at"] == hm(12, 0)
+    gate.release.set()
+    wait_for(lambda: len(env.runs("sync")) == 2, what="catch-up run once free")
+    assert env.runs("sync")[1].scheduled_for == hm(10, 35)
+
+
+# -- timeouts ----------------------------------------------------------------------------------
+
+
+def cooperative(saw_cancel: threading.Event, release: threading.Event | None = None):
+    """A handler that runs until cancelled (or released), then returns normally.
+
+    With *release*, it returns only once released, and calls made after the
+    release return at once.
+    """
+    def handler(ctx):
+        while not ctx.cancelled and not (release is not None and release.is_set()):
+            ctx.wait(0.005)
+        if ctx.cancelled:
+            saw_cancel.set()
+        if release is not None:
+            release.wait(10)
+    return handler
+
+
+def test_timeout_fails_the_run_cancels_the_handler_and_keeps_the_job_busy(env_factory):
+    env = env_factory()
+    env.load(decl("sync", "* * * * *", timeout_seconds=90))
+    saw_cancel, release = threading.Event(), threading.Event()
+    env.handle("sync", cooperative(saw_cancel, release))
+    env.clock.set(hm(10, 31))
+    env.scheduler.tick()
+    (run,) = env.runs()
+    env.wait_status(run.id, "running")
+    env.clock.advance(seconds=89)
+    env.scheduler.tick()
+    assert env.run(run.id).status is RunStatus.running
+    env.clock.advance(seconds=2)
+    env.scheduler.tick()
+    failed = env.run(run.id)
+    assert failed.status is RunStatus.failed and "timed out" in failed.error
+    assert saw_cancel.wait(5)
+    # still busy: its handler has not returned, so no new run
+    env.clock.advance(minutes=3)
+    assert env.scheduler.tick() == 0
+    assert len(env.runs()) == 1
+    assert env.scheduler.diagnostics()["busy_job_ids"] == [env.job("sync").id]
+    release.set()
+    env.settle()
+    # the late (successful) completion did not overwrite the failure
+    assert env.run(run.id).status is RunStatus.failed
+    finished = [r for r, _ in env.events_of("run_finished") if r.id == run.id]
+    assert len(finished) == 1 and finished[0].status is RunStatus.failed
+    assert env.scheduler.tick() == 1  # free again
+
+
+def test_default_timeout_applies_when_the_policy_has_none(memory_env):
+    env = memory_env(default_timeout=5)
+    env.load(decl("sync"))
+    saw_cancel = threading.Event()
+    env.handle("sync", cooperative(saw_cancel))
+    env.clock.set(hm(10, 45))
+    env.scheduler.tick()
+    (run,) = env.runs()
+    env.wait_status(run.id, "running")
+    env.clock.advance(seconds=6)
+    env.scheduler.tick()
+    assert env.run(run.id).error == "timed out after 5s"
+    env.settle()
+    assert env.run(run.id).status is RunStatus.failed
+
+
+def test_loop_wakes_for_a_timeout_deadline(memory_env):
+    env = memory_env()
+    env.load(decl("sync", "0 12 * * *", timeout_seconds=30))
+    saw_cancel = threading.Event()
+    env.handle("sync", cooperative(saw_cancel))
+    env.clock.set(hm(12, 0))
+    env.scheduler.start()
+    (run,) = wait_for(lambda: env.runs())
+    env.wait_status(run.id, "running")
+    wait_for(lambda: env.scheduler.diagnostics()["next_wake_at"] == hm(12, 0, 30))
+    env.clock.advance(seconds=31)
+    env.wait_status(run.id, "failed")
+    assert saw_cancel.wait(5)
+
+
+# -- manual trigger ------------------------------------------------------------------------------
+
+
+def test_trigger_returns_the_run_id_without_waiting(env_factory):
+    env = env_factory()
+    env.load(decl("sync"))
+    gate = env.handle("sync", Gate())
+    env.clock.set(hm(10, 40))
+    run_id = env.scheduler.trigger(env.job("sync").id)
+    run = env.run(run_id)  # returned while the handler is still blocked
+    assert run.trigger is RunTrigger.manual and not run.status.terminal
+    wait_for(lambda: gate.calls == 1)
+    ctx = gate.contexts[0]
+    assert (ctx.run_id, ctx.trigger, ctx.scheduled_for) == (run_id, RunTrigger.manual, hm(10, 40))
+    gate.release.set()
+    env.settle()
+    assert env.run(run_id).status is RunStatus.succeeded
+    job = env.job("sync")
+    assert job.next_run_at == hm(10, 45)  # a manual run does not move the schedule
+    assert job.last_run_at == hm(10, 40)
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == 1  # the slot still runs
+
+
+def test_trigger_with_retry_label_reaches_the_handler(memory_env):
+    env = memory_env()
+    env.load(decl("sync"))
+    gate = Gate()
+    gate.release.set()
+    env.handle("sync", gate)
+    run_id = env.scheduler.trigger(env.job("sync").id, trigger="retry")
+    env.settle()
+    assert env.run(run_id).trigger is RunTrigger.retry
+    assert gate.contexts[0].trigger is RunTrigger.retry
+
+
+def test_trigger_of_a_manual_only_job(memory_env):
+    env = memory_env()
+    env.load(decl("manual", None))
+    env.handle("manual", lambda ctx: None)
+    run_id = env.scheduler.trigger(env.job("manual").id, plugin_id=PLUGIN)
+    env.settle()
+    assert env.run(run_id).status is RunStatus.succeeded
+    assert env.job("manual").next_run_at is None
+
+
+def test_trigger_errors(env_factory):
+    env = env_factory()
+    jobs = env.load(decl("sync"), decl("paused"), decl("orphan"))
+    other = env.load(decl("theirs"), plugin=OTHER, key=OTHER_KEY, register=False)["theirs"]
+    gate = env.handle("sync", Gate())
+    env.handle("paused", lambda ctx: None)
+    env.handle("theirs", lambda ctx: None, key=OTHER_KEY)
+    env.store.pause_job(jobs["paused"].id, now=env.clock.now())
+
+    with pytest.raises(JobLookupError):
+        env.scheduler.trigger("no-such-job")
+    with pytest.raises(JobLookupError):  # another plugin's job
+        env.scheduler.trigger(other.id, plugin_id=PLUGIN)
+    with pytest.raises(JobNotActive):
+        env.scheduler.trigger(jobs["paused"].id)
+    with pytest.raises(PluginNotRunning):  # plugin not registered
+        env.scheduler.trigger(other.id)
+    with pytest.raises(PluginNotRunning):  # no handler for the job
+        env.scheduler.trigger(jobs["orphan"].id)
+    for label in ("schedule", "bogus"):
+        with pytest.raises(ConfigurationError):
+            env.scheduler.trigger(jobs["sync"].id, trigger=label)
+    env.scheduler.trigger(jobs["sync"].id)
+    with pytest.raises(JobAlreadyRunning):
+        env.scheduler.trigger(jobs["sync"].id)
+    gate.release.set()
+    env.settle()
+    assert len(env.runs("sync")) == 1  # the refused calls created nothing
+    assert env.runs("paused") == env.runs("orphan") == []
+    assert all(issubclass(e, PjError) for e in
+               (JobLookupError, JobNotActive, JobAlreadyRunning, PluginNotRunning))
+
+
+def test_busy_reservation_is_cleared_after_success_and_failure(memory_env):
+    env = memory_env()
+    env.load(decl("sync", None))
+    outcomes = iter([None, RuntimeError("x"), None])
+
+    def handler(ctx):
+        outcome = next(outcomes)
+        if outcome is not None:
+            raise outcome
+
+    env.handle("sync", handler)
+    job_id = env.job("sync").id
+    statuses = []
+    for _ in range(3):
+        run_id = env.scheduler.trigger(job_id)
+        env.settle()
+        statuses.append(env.run(run_id).status.value)
+        assert env.scheduler.diagnostics()["busy_job_ids"] == []
+    assert statuses == ["succeeded", "failed", "succeeded"]
+
+
+def test_observer_of_run_finished_may_trigger_again(memory_env):
+    env = memory_env()
+    env.load(decl("sync", None))
+    env.handle("sync", lambda ctx: None)
+    again = []
+    job_id = env.job("sync").id
+
+    def notify(name, run, job):
+        if name == "run_finished" and not again:
+            again.append(env.scheduler.trigger(job_id))
+
+    env.scheduler._notify = notify  # the hook the Host wires to run_finished
+    env.scheduler.trigger(job_id)
+    wait_for(lambda: again)
+    env.settle()
+    assert env.run(again[0]).status is RunStatus.succeeded
+
+
+def test_scheduled_and_manual_runs_never_overlap(memory_env):
+    env = memory_env()
+    env.load(decl("sync"))
+    gate = env.handle("sync", Gate())
+    job_id = env.job("sync").id
+    env.scheduler.trigger(job_id)
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == 0  # the manual run holds the job
+    gate.release.set()
+    env.settle()
+    gate.release.clear()
+    assert env.scheduler.tick() == 1  # now the slot runs
+    with pytest.raises(JobAlreadyRunning):  # and a trigger waits for it
+        env.scheduler.trigger(job_id)
+    gate.release.set()
+    env.settle()
+    assert [r.trigger for r in env.runs()] == [RunTrigger.manual, RunTrigger.schedule]
+
+
+def race(n: int, call: Callable[[int], Any]) -> list[tuple[str, Any]]:
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def one(i: int) -> None:
+        barrier.wait(timeout=10)
+        try:
+            results[i] = ("ok", call(i))
+        except Exception as exc:  # noqa: BLE001 - inspected by the test
+            results[i] = ("error", exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return results
+
+
+def assert_one_winner(results) -> None:
+    oks = [r for kind, r in results if kind == "ok"]
+    errors = [r for kind, r in results if kind == "error"]
+    assert len(oks) == 1, results
+    assert all(isinstance(e, JobAlreadyRunning) for e in errors), errors
+
+
+def two_schedulers_race(store_a, store_b) -> None:
+    """Two schedulers ("processes"), each with its own store on one database."""
+    a, b = Env(store_a), Env(store_b)
+    try:
+        a.load(decl("sync", None))
+        b.scheduler.register_plugin(PLUGIN, KEY)
+        gates = []
+        for env in (a, b):
+            env.handle("sync", gates.append(Gate()) or gates[-1])
+        job_id = a.job("sync").id
+        for round_ in range(5):
+            results = race(2, lambda i: (a, b)[i].scheduler.trigger(job_id))
+            assert_one_winner(results)
+            assert len(a.runs()) == round_ + 1
+            for gate in gates:
+                gate.release.set()
+            a.settle()
+            b.settle()
+            for gate in gates:
+                gate.release.clear()
+        assert {r.status for r in a.runs()} == {RunStatus.succeeded}
+    finally:
+        for gate in gates:
+            gate.release.set()
+        a.close()
+        b.close()
+
+
+def test_concurrent_triggers_through_two_schedulers_on_sqlite(tmp_path):
+    url = f"sqlite:///{tmp_path}/shared.db"
+    two_schedulers_race(PeeweeJobStore(url), PeeweeJobStore(url))
+
+
+@pytest.mark.postgres
+def test_concurrent_triggers_through_two_schedulers_on_postgres(postgres_url):
+    from conftest import make_postgres_store
+
+    with make_postgres_store(postgres_url) as store_a:
+        store_b = PeeweeJobStore(postgres_url, table_prefix=store_a.table_prefix)
+        two_schedulers_race(store_a, store_b)
+
+
+def test_concurrent_triggers_through_one_scheduler(env_factory):
+    env = env_factory()
+    env.load(decl("sync", None))
+    gate = env.handle("sync", Gate())
+    job_id = env.job("sync").id
+    assert_one_winner(race(8, lambda i: env.scheduler.trigger(job_id)))
+    gate.release.set()
+    env.settle()
+    assert len(env.runs()) == 1
+
+
+def test_trigger_racing_a_tick_never_overlaps(env_factory):
+    env = env_factory()
+    env.load(decl("sync", "* * * * *"))
+    gate = env.handle("sync", Gate())
+    job_id = env.job("sync").id
+    for minute in range(31, 36):
+        env.clock.set(hm(10, minute))
+        results = race(2, lambda i: env.scheduler.tick() if i == 0
+                       else env.scheduler.trigger(job_id))
+        wait_for(lambda: gate.calls >= minute - 30)
+        assert gate.calls == minute - 30  # exactly one handler call per round
+        gate.release.set()
+        env.settle()
+        gate.release.clear()
+        kind, value = results[1]
+        assert kind == "ok" or isinstance(value, JobAlreadyRunning)
+    assert len(env.runs()) == 5
+
+
+# -- unregister (disable during a run) --------------------------------------------------------------
+
+
+def test_unregister_cancels_the_run_in_flight_and_its_late_completion_is_ignored(env_factory):
+    env = env_factory()
+    env.load(decl("sync"))
+    saw_cancel, release = threading.Event(), threading.Event()
+    env.handle("sync", cooperative(saw_cancel, release))
+    env.clock.set(hm(10, 45))
+    env.scheduler.tick()
+    (run,) = env.runs()
+    env.wait_status(run.id, "running")
+    env.clock.advance(seconds=30)
+    assert env.scheduler.unregister_plugin(PLUGIN, "Plugin disabled") == [run.id]
+    cancelled = env.run(run.id)
+    assert cancelled.status is RunStatus.cancelled and cancelled.error == "Plugin disabled"
+    assert cancelled.duration_ms == 30_000
+    assert saw_cancel.wait(5)
+    release.set()  # the handler now returns normally
+    env.settle()
+    assert env.run(run.id).status is RunStatus.cancelled
+    finished = [r for r, _ in env.events_of("run_finished") if r.id == run.id]
+    assert [r.status for r in finished] == [RunStatus.cancelled]
+
+
+def test_unregister_cancels_queued_runs_and_their_handlers_never_run(memory_env):
+    env = memory_env(max_workers=1)
+    env.load(decl("sync"))
+    env.load(decl("blocker", None), plugin=OTHER, key=OTHER_KEY)
+    blocker = env.handle("blocker", Gate(), key=OTHER_KEY)
+    called = []
+    env.handle("sync", called.append)
+    env.scheduler.trigger(env.job("blocker", OTHER).id)
+    wait_for(lambda: blocker.calls == 1)
+    env.clock.set(hm(10, 45))
+    env.scheduler.tick()
+    (queued,) = env.runs()
+    assert env.run(queued.id).status is RunStatus.queued
+    assert env.scheduler.unregister_plugin(PLUGIN, "Plugin disabled") == [queued.id]
+    blocker.release.set()
+    env.settle()
+    assert called == []
+    assert env.run(queued.id).status is RunStatus.cancelled
+    assert env.run(queued.id).started_at is None
+
+
+def test_no_new_runs_after_unregister(env_factory):
+    env = env_factory()
+    env.load(decl("sync"))
+    env.handle("sync", lambda ctx: None)
+    env.scheduler.unregister_plugin(PLUGIN, "Plugin disabled")
+    env.clock.set(hm(12, 0))
+    assert env.scheduler.tick() == 0
+    with pytest.raises(PluginNotRunning):
+        env.scheduler.trigger(env.job("sync").id)
+    assert env.runs() == []
+    assert env.scheduler.diagnostics()["registered_plugins"] == []
+
+
+def test_a_job_stays_busy_after_unregister_until_its_handler_returns(memory_env):
+    env = memory_env()
+    env.load(decl("sync", "* * * * *"))
+    saw_cancel, release = threading.Event(), threading.Event()
+    env.handle("sync", cooperative(saw_cancel, release))
+    env.clock.set(hm(10, 31))
+    env.scheduler.tick()
+    env.scheduler.unregister_plugin(PLUGIN, "Plugin disabled")
+    assert saw_cancel.wait(5)
+    env.scheduler.register_plugin(PLUGIN, KEY)  # re-enabled while the old handler still runs
+    env.clock.set(hm(10, 33))
+    assert env.scheduler.tick() == 0
+    with pytest.raises(JobAlreadyRunning):
+        env.scheduler.trigger(env.job("sync").id)
+    release.set()
+    env.settle()
+    assert env.scheduler.tick() == 1
+
+
+def test_unregister_of_an_unknown_plugin_is_harmless(memory_env):
+    env = memory_env()
+    env.load(decl("sync"))
+    env.handle("sync", lambda ctx: None)
+    assert env.scheduler.unregister_plugin("nobody", "Plugin disabled") == []
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == 1
+
+
+def test_unregister_only_touches_its_own_plugin(memory_env):
+    env = memory_env()
+    env.load(decl("sync"))
+    env.load(decl("sync"), plugin=OTHER, key=OTHER_KEY)
+    gate = Gate()
+    env.handle("sync", gate)
+    env.handle("sync", gate, key=OTHER_KEY)
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == 2
+    env.scheduler.unregister_plugin(PLUGIN, "Plugin disabled")
+    gate.release.set()
+    env.settle()
+    assert env.runs(plugin=PLUGIN)[0].status is RunStatus.cancelled
+    assert env.runs(plugin=OTHER)[0].status is RunStatus.succeeded
+
+
+# -- stop(timeout) -----------------------------------------------------------------------------------
+
+
+def test_stop_drains_runs_in_flight(env_factory):
+    env = env_factory()
+    env.load(decl("sync"))
+    gate = env.handle("sync", Gate())
+    env.clock.set(hm(10, 45))
+    env.scheduler.start()
+    (run,) = wait_for(lambda: env.runs())
+    env.wait_status(run.id, "running")
+    threading.Timer(0.1, gate.release.set).start()
+    started = time.monotonic()
+    env.scheduler.stop(timeout=5)
+    assert time.monotonic() - started < 2
+    assert env.run(run.id).status is RunStatus.succeeded
+    assert env.scheduler.diagnostics()["active_run_ids"] == []
+
+
+def test_stop_records_runs_still_in_flight_as_cancelled_shutdown(env_factory):
+    env = env_factory()
+    env.load(decl("sync"))
+    saw_cancel = threading.Event()
+    env.handle("sync", cooperative(saw_cancel))
+    env.clock.set(hm(10, 45))
+    env.scheduler.tick()
+    (run,) = env.runs()
+    env.wait_status(run.id, "running")
+    started = time.monotonic()
+    env.scheduler.stop(timeout=0.2)
+    assert 0.19 <= time.monotonic() - started < 2
+    stopped = env.run(run.id)
+    assert (stopped.status, stopped.error) == (RunStatus.cancelled, "shutdown")
+    assert saw_cancel.wait(5)
+    env.settle()
+    assert env.run(run.id).status is RunStatus.cancelled  # not overwritten when it returns
+
+
+def test_nothing_starts_after_stop(memory_env):
+    env = memory_env()
+    env.load(decl("sync"))
+    env.handle("sync", lambda ctx: None)
+    env.scheduler.start()
+    env.scheduler.stop()
+    env.clock.set(hm(12, 0))
+    assert env.scheduler.tick() == 0
+    with pytest.raises(PluginNotRunning):
+        env.scheduler.trigger(env.job("sync").id)
+    assert env.runs() == []
+    env.scheduler.start()  # a restart schedules again
+    wait_for(lambda: len(env.runs()) == 1)
