@@ -29,7 +29,9 @@ from pjcore.exceptions import (
     JobLookupError,
     JobNotActive,
     PluginNotRunning,
+    SlotAlreadyClaimed,
 )
+from pjcore.manifest import AbandonPolicy
 from pjcore.models import Job, JobRun, JobStatus, RunStatus, RunTrigger
 from pjcore.slots import plan_slots
 
@@ -47,6 +49,10 @@ _MAX_LIMIT = 1000
 BLOCKED_RETRY = 1.0
 #: reason recorded on a run whose plugin was unregistered before it started
 UNREGISTERED = "Plugin unregistered"
+#: an abandoned slot (policy ``on_abandoned=retry``) runs at most this many
+#: times in all: a handler that kills its process every time must not
+#: take every scheduler down with it forever
+MAX_ATTEMPTS = 3
 
 
 def default_owner() -> str:
@@ -80,11 +86,20 @@ class ThreadScheduler(Scheduler):
     :param resolve: ``resolve(plugin_key, job_key)`` returns the handler or None.
     :param notify: ``notify(hook_name, run=..., job=...)`` for observability.
     :param max_concurrent: runs in flight at once. Ticks never exceed it;
-        manual triggers are counted but not refused by it.
+        manual triggers and retries of abandoned slots are counted but not
+        refused by it.
     :param default_timeout: seconds before a run is recorded as timed out,
         unless the job's policy says otherwise (``None``: never).
     :param max_idle: longest sleep in real seconds; bounds how late a change
         made by another process (sync, resume) is noticed.
+    :param lease_seconds: every run this scheduler owns carries a lease in
+        the store, renewed every third of it while the run is in flight. A
+        run whose lease ran out (its scheduler crashed or hung) is recorded
+        ``abandoned`` by any scheduler on the database, so it no longer
+        blocks its job; with ``on_abandoned=retry`` its slot runs again.
+    :param owner: this scheduler's identity in the store (unique per process
+        by default). With a stable owner, :meth:`start` reclaims the runs a
+        previous incarnation left behind at once instead of after the lease.
     """
 
     def __init__(
@@ -98,6 +113,7 @@ class ThreadScheduler(Scheduler):
         max_concurrent: int = 10,
         default_timeout: float | None = 300.0,
         max_idle: float = 30.0,
+        lease_seconds: float = 60.0,
         owner: str | None = None,
     ) -> None:
         if not isinstance(store, JobStore):
@@ -106,21 +122,21 @@ class ThreadScheduler(Scheduler):
             raise ConfigurationError(f"runner must be a Runner, not {type(runner).__name__}")
         if isinstance(max_concurrent, bool) or not isinstance(max_concurrent, int) or max_concurrent < 1:
             raise ConfigurationError(f"max_concurrent must be a positive integer, not {max_concurrent!r}")
-        if default_timeout is not None and (
-            isinstance(default_timeout, bool) or not isinstance(default_timeout, (int, float))
-            or not default_timeout > 0
-        ):
-            raise ConfigurationError(
-                f"default_timeout must be a positive number of seconds or None, not {default_timeout!r}"
-            )
-        if isinstance(max_idle, bool) or not isinstance(max_idle, (int, float)) or not max_idle > 0:
-            raise ConfigurationError(f"max_idle must be a positive number of seconds, not {max_idle!r}")
+        for name, value, optional in (("default_timeout", default_timeout, True),
+                                      ("max_idle", max_idle, False),
+                                      ("lease_seconds", lease_seconds, False)):
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, not {value!r}")
         self.store = store
         self.runner = runner
         self.clock = clock or SystemClock()
         self.max_concurrent = max_concurrent
         self.default_timeout = default_timeout
         self.max_idle = max_idle
+        self.lease_seconds = lease_seconds
         self.owner = owner or default_owner()
         self._resolve = resolve
         self._notify = notify or (lambda *a, **k: None)
@@ -140,6 +156,9 @@ class ThreadScheduler(Scheduler):
         self._tick_count = 0
         self._last_tick_at: datetime | None = None
         self._next_wake_at: datetime | None = None
+        self._renew_at: datetime | None = None  # when the leases of runs in flight are renewed
+        self._reconcile_at: datetime | None = None  # when expired runs are looked for again
+        self._reclaim = False  # start(): end the runs a previous incarnation left
         self._errors = 0
 
     def __repr__(self) -> str:
@@ -152,6 +171,7 @@ class ThreadScheduler(Scheduler):
             if self._thread is not None:
                 return
             self._stopping = False
+            self._reclaim = not self._inflight
             self.runner.start()
             self._thread = threading.Thread(target=self._loop, name="pjcore-scheduler", daemon=True)
             self._thread.start()
@@ -246,8 +266,10 @@ class ThreadScheduler(Scheduler):
         run (or a timeout deadline) can change anything.
         """
         with self._lock:
-            candidates = [e.deadline for e in self._inflight.values()
-                          if e.deadline is not None and not e.ended]
+            live = [e for e in self._inflight.values() if not e.ended]
+            candidates = [e.deadline for e in live if e.deadline is not None]
+            if live and self._renew_at is not None:
+                candidates.append(self._renew_at)
             full = len(self._inflight) >= self.max_concurrent
             plugin_ids = list(self._plugins)
             excluded = set(self._busy) | set(self._blocked)
@@ -273,7 +295,14 @@ class ThreadScheduler(Scheduler):
         with self._lock:
             self._tick_count += 1
             self._last_tick_at = now
+        if self._reclaim:  # first tick after start()
+            self._reconcile(now, owner=self.owner)
+            self._reclaim = False
+        # Own leases first: a tick that comes late must not find (and
+        # abandon) this scheduler's own runs as expired.
+        self._renew(now)
         self._expire(now)
+        self._reconcile(now)
         with self._lock:
             self._blocked.clear()  # looked at again below
             free = self.max_concurrent - len(self._inflight)
@@ -308,6 +337,8 @@ class ThreadScheduler(Scheduler):
                 next_run_at=plan.next_run_at,
                 missed=plan.missed,
                 now=now,
+                owner=self.owner,
+                lease_until=self._lease_until(now),
             )
             if not claim.applied:
                 # Another scheduler took the slot (the pointer moved: the next
@@ -353,7 +384,9 @@ class ThreadScheduler(Scheduler):
             self._busy[job.id] = ""  # reserved: a tick cannot start it meanwhile
         try:
             # exclusive: the store refuses if a run is in flight in any process
-            run = self.store.create_run(job.id, trigger=trigger, now=self.clock.now(), exclusive=True)
+            now = self.clock.now()
+            run = self.store.create_run(job.id, trigger=trigger, now=now, exclusive=True,
+                                        owner=self.owner, lease_until=self._lease_until(now))
         except BaseException:
             with self._lock:
                 if self._busy.get(job.id) == "":  # only our own reservation
@@ -364,6 +397,9 @@ class ThreadScheduler(Scheduler):
 
     def _timeout_for(self, job: Job) -> float | None:
         return job.policy.timeout_seconds or self.default_timeout
+
+    def _lease_until(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.lease_seconds)
 
     def _dispatch(self, job: Job, run: JobRun) -> bool:
         """Hand a queued run to the runner; False if it was refused and recorded."""
@@ -386,6 +422,8 @@ class ThreadScheduler(Scheduler):
             if refusal is None:
                 self._inflight[run.id] = entry
                 self._busy[job.id] = run.id
+                if self._renew_at is None:
+                    self._renew_at = self.clock.now() + timedelta(seconds=self.lease_seconds / 3)
             elif self._busy.get(job.id) == "":
                 del self._busy[job.id]
         if refusal is not None:
@@ -407,7 +445,8 @@ class ThreadScheduler(Scheduler):
         if entry.timeout:
             entry.deadline = now + timedelta(seconds=entry.timeout)
             self.wake()  # the loop must wake for this deadline
-        if not self.store.mark_running(entry.run_id, now=now, owner=self.owner):
+        if not self.store.mark_running(entry.run_id, now=now, owner=self.owner,
+                                       lease_until=self._lease_until(now)):
             raise RunCancelled(context.cancel_reason or "cancelled before it started")
         if context.trigger is not RunTrigger.schedule:
             self._stamp_manual_start(entry.job, now)
@@ -492,6 +531,86 @@ class ThreadScheduler(Scheduler):
                            run=entry.run_id, job=entry.job.job_key, t=entry.timeout)
             self._end(entry, RunStatus.failed, f"timed out after {entry.timeout:g}s")
 
+    # -- leases ---------------------------------------------------------------
+
+    def _renew(self, now: datetime) -> None:
+        """Extend the leases of this scheduler's runs in flight, when due."""
+        with self._lock:
+            if self._renew_at is None or now < self._renew_at:
+                return
+            ids = [e.run_id for e in self._inflight.values() if not e.ended]
+        if not ids:
+            with self._lock:
+                self._renew_at = None
+            return
+        renewed = set(self.store.renew_leases(self.owner, ids,
+                                              lease_until=self._lease_until(now), now=now))
+        with self._lock:
+            self._renew_at = now + timedelta(seconds=self.lease_seconds / 3)
+            lost = [e for e in self._inflight.values()
+                    if e.run_id in ids and e.run_id not in renewed and not e.ended]
+        # Ended behind our back (abandoned or cancelled by another scheduler):
+        # its record is final, so only the handler is left to stop.
+        for entry in lost:
+            run = self.store.get_run(entry.run_id)
+            if run is None or not run.status.terminal:
+                continue  # finished here meanwhile, or not ours to judge
+            entry.ended = True
+            entry.context.request_cancel(run.error or f"run {run.status.value} elsewhere")
+            logger.warning("pjcore run {run} of {job} was ended by another scheduler ({status})",
+                           run=entry.run_id, job=entry.job.job_key, status=run.status.value)
+
+    def _reconcile(self, now: datetime, *, owner: str | None = None) -> None:
+        """Record as abandoned the runs whose scheduler is gone; retry their
+        slots when the job asks for it. Rate-limited unless *owner* is given."""
+        if owner is None:
+            with self._lock:
+                if self._reconcile_at is not None and now < self._reconcile_at:
+                    return
+                self._reconcile_at = now + timedelta(seconds=self.lease_seconds / 3)
+        for run in self.store.abandon_runs(now=now, owner=owner):
+            logger.warning("pjcore run {run} of {job} was abandoned: {error}",
+                           run=run.id, job=run.job_key, error=run.error)
+            job = self.store.get_job(run.job_id)
+            if job is None:
+                continue
+            self._notify("run_finished", run=run, job=job)
+            self._retry_abandoned(run, job, now)
+
+    def _retry_abandoned(self, run: JobRun, job: Job, now: datetime) -> None:
+        if (run.trigger is not RunTrigger.schedule or run.scheduled_for is None
+                or job.policy.on_abandoned is not AbandonPolicy.retry
+                or job.status is not JobStatus.active):
+            return
+        grace = job.policy.misfire_grace_seconds
+        if run.attempt >= MAX_ATTEMPTS or (
+                grace is not None and (now - run.scheduled_for).total_seconds() > grace):
+            logger.warning("pjcore slot {slot} of {job} is not retried (attempt {n})",
+                           slot=run.scheduled_for, job=job.job_key, n=run.attempt)
+            return
+        with self._lock:
+            if job.plugin_id not in self._plugins or job.id in self._busy or self._stopping:
+                logger.warning("pjcore slot {slot} of {job} cannot be retried by this scheduler",
+                               slot=run.scheduled_for, job=job.job_key)
+                return
+            self._busy[job.id] = ""  # as trigger(): no tick starts it meanwhile
+        try:
+            retry = self.store.create_run(
+                job.id, trigger=RunTrigger.schedule, now=now, scheduled_for=run.scheduled_for,
+                attempt=run.attempt + 1, exclusive=True, owner=self.owner,
+                lease_until=self._lease_until(now))
+        except (JobAlreadyRunning, SlotAlreadyClaimed):
+            with self._lock:
+                if self._busy.get(job.id) == "":
+                    del self._busy[job.id]
+            return
+        except BaseException:
+            with self._lock:
+                if self._busy.get(job.id) == "":
+                    del self._busy[job.id]
+            raise
+        self._dispatch(job, retry)
+
     def _announce_start(self, entry: _InFlight) -> None:
         run = self.store.get_run(entry.run_id)
         if run is not None:
@@ -518,11 +637,12 @@ class ThreadScheduler(Scheduler):
                 "running": self._thread is not None,
                 "owner": self.owner,
                 "active_run_ids": sorted(self._inflight),
-                "busy_job_ids": sorted(j for j in self._busy),
+                "busy_job_ids": sorted(self._busy),
                 "registered_plugins": sorted(self._plugins.values()),
                 "tick_count": self._tick_count,
                 "last_tick_at": self._last_tick_at,
                 "next_wake_at": self._next_wake_at,
                 "max_concurrent": self.max_concurrent,
+                "lease_seconds": self.lease_seconds,
                 "consecutive_errors": self._errors,
             }

@@ -61,7 +61,7 @@ def runner():
     runner.stop(5)
 
 
-# -- call_handler: outcomes ------------------------------------------------------
+# -- call_handler: outcomes -----------------------------------------------------------------
 
 
 def test_sync_handler_succeeds_and_receives_the_context():
@@ -214,7 +214,7 @@ def test_async_sleep_returns_early_when_cancelled():
     assert time.monotonic() - started < 5
 
 
-# -- logging context ---------------------------------------------------------------
+# -- logging context ------------------------------------------------------------------------
 
 
 def test_logs_inside_a_handler_carry_plugin_job_and_run(captured):
@@ -244,7 +244,7 @@ def test_async_handler_logs_carry_the_context(captured):
     assert record["extra"]["pj_run"] == "run-7"
 
 
-# -- ThreadRunner -------------------------------------------------------------------
+# -- ThreadRunner ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 2.0, "2", None])

@@ -32,7 +32,7 @@ from pjcore.exceptions import (
     StoreError,
 )
 from pjcore.manifest import JobDeclaration, JobPolicy
-from pjcore.models import JobStatus, RunStatus, RunTrigger
+from pjcore.models import RunStatus, RunTrigger
 
 UTC = timezone.utc
 T0 = datetime(2026, 1, 15, 10, 30, tzinfo=UTC)  # a Thursday
@@ -185,7 +185,7 @@ def env_factory(make_store):
         env.close()
 
 
-# -- construction ----------------------------------------------------------------------
+# -- construction ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("options", [
@@ -201,7 +201,7 @@ def test_bad_options_are_refused(options):
         ThreadScheduler(store=object(), runner=ThreadRunner(), resolve=lambda p, j: None)
 
 
-# -- start, stop, diagnostics ------------------------------------------------------------
+# -- start, stop, diagnostics ---------------------------------------------------------------
 
 
 def scheduler_threads() -> list[threading.Thread]:
@@ -293,7 +293,7 @@ def test_loop_survives_a_failing_store_and_backs_off(memory_env):
     assert env.scheduler.diagnostics()["tick_count"] <= 2
 
 
-# -- a due job ----------------------------------------------------------------------------
+# -- a due job ------------------------------------------------------------------------------
 
 
 def test_due_job_runs_once_for_its_slot(env_factory):
@@ -396,7 +396,7 @@ def test_handler_receives_the_context(memory_env):
         KEY, "sync", run.id)
 
 
-# -- failures ---------------------------------------------------------------------------
+# -- failures -------------------------------------------------------------------------------
 
 
 def test_handler_error_fails_the_run_and_the_pointer_still_advances(env_factory):
@@ -479,7 +479,8 @@ def test_an_unschedulable_stored_job_is_parked_and_others_still_run(tmp_path):
         env.handle("fine", lambda ctx: None)
         env.handle("corrupt", lambda ctx: None)
         env.store.database.execute_sql(
-            f"UPDATE {env.store.table_prefix}jobs SET schedule = 'not cron' WHERE job_key = 'corrupt'")
+            f"UPDATE {env.store.table_prefix}jobs SET schedule = 'not cron' "
+            "WHERE job_key = 'corrupt'")
         env.clock.set(hm(10, 45))
         assert env.scheduler.tick() == 1
         env.settle()
@@ -492,7 +493,7 @@ def test_an_unschedulable_stored_job_is_parked_and_others_still_run(tmp_path):
         env.close()
 
 
-# -- overlap -------------------------------------------------------------------------------
+# -- overlap --------------------------------------------------------------------------------
 
 
 def test_no_second_run_while_one_is_in_flight(env_factory):
@@ -530,7 +531,7 @@ def test_different_jobs_run_in_the_same_tick(env_factory):
     assert {r.status for r in env.runs()} == {RunStatus.succeeded}
 
 
-# -- concurrency cap ----------------------------------------------------------------------
+# -- concurrency cap ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("cap,count", [(1, 2), (2, 3)])
@@ -585,7 +586,7 @@ def test_manual_runs_count_against_the_cap(memory_env):
     assert env.scheduler.tick() == 1
 
 
-# -- which jobs are dispatched -------------------------------------------------------------
+# -- which jobs are dispatched --------------------------------------------------------------
 
 
 def test_jobs_of_unregistered_plugins_are_not_dispatched(env_factory):
@@ -623,7 +624,7 @@ def test_paused_jobs_are_not_dispatched(memory_env):
     assert env.scheduler.tick() == 0
 
 
-# -- misfire policy ------------------------------------------------------------------------
+# -- misfire policy -------------------------------------------------------------------------
 
 # pointer 10:45, scheduler down until 12:10: 10:45 .. 12:00 (6 slots) were missed
 
@@ -708,7 +709,7 @@ def test_slots_passed_during_a_long_run_are_coalesced_per_policy(env_factory, po
     assert job.missed_count == missed and job.next_run_at == hm(11, 30)
 
 
-# -- a slow job does not block the others (real threads, real time) ------------------------
+# -- a slow job does not block the others (real threads, real time) -------------------------
 
 
 def test_slow_job_does_not_delay_other_jobs(tmp_path):
@@ -746,7 +747,7 @@ def test_slow_job_does_not_delay_other_jobs(tmp_path):
         env.close()
 
 
-# -- sleeping and waking ---------------------------------------------------------------------
+# -- sleeping and waking --------------------------------------------------------------------
 
 
 def test_loop_sleeps_until_the_earliest_slot(memory_env):
@@ -823,7 +824,7 @@ def test_idle_with_many_jobs_uses_no_cpu(tmp_path):
 
 
 def test_loop_does_not_spin_while_a_due_job_is_in_flight(memory_env):
-    env = memory_env()
+    env = memory_env(lease_seconds=6 * 3600)  # no lease renewal in the way
     env.load(decl("sync", "* * * * *"), decl("later", "0 12 * * *"))
     gate = env.handle("sync", Gate())
     env.handle("later", lambda ctx: None)
@@ -840,7 +841,7 @@ def test_loop_does_not_spin_while_a_due_job_is_in_flight(memory_env):
     assert env.runs("sync")[1].scheduled_for == hm(10, 35)
 
 
-# -- timeouts ----------------------------------------------------------------------------------
+# -- timeouts -------------------------------------------------------------------------------
 
 
 def cooperative(saw_cancel: threading.Event, release: threading.Event | None = None):
@@ -907,7 +908,7 @@ def test_default_timeout_applies_when_the_policy_has_none(memory_env):
 
 
 def test_loop_wakes_for_a_timeout_deadline(memory_env):
-    env = memory_env()
+    env = memory_env(lease_seconds=3600)  # no lease renewal in the way
     env.load(decl("sync", "0 12 * * *", timeout_seconds=30))
     saw_cancel = threading.Event()
     env.handle("sync", cooperative(saw_cancel))
@@ -921,7 +922,7 @@ def test_loop_wakes_for_a_timeout_deadline(memory_env):
     assert saw_cancel.wait(5)
 
 
-# -- manual trigger ------------------------------------------------------------------------------
+# -- manual trigger -------------------------------------------------------------------------
 
 
 def test_trigger_returns_the_run_id_without_waiting(env_factory):
@@ -1156,7 +1157,7 @@ def test_trigger_racing_a_tick_never_overlaps(env_factory):
     assert len(env.runs()) == 5
 
 
-# -- unregister (disable during a run) --------------------------------------------------------------
+# -- unregister (disable during a run) ------------------------------------------------------
 
 
 def test_unregister_cancels_the_run_in_flight_and_its_late_completion_is_ignored(env_factory):
@@ -1259,7 +1260,7 @@ def test_unregister_only_touches_its_own_plugin(memory_env):
     assert env.runs(plugin=OTHER)[0].status is RunStatus.succeeded
 
 
-# -- stop(timeout) -----------------------------------------------------------------------------------
+# -- stop(timeout) --------------------------------------------------------------------------
 
 
 def test_stop_drains_runs_in_flight(env_factory):
@@ -1310,3 +1311,154 @@ def test_nothing_starts_after_stop(memory_env):
     assert env.runs() == []
     env.scheduler.start()  # a restart schedules again
     wait_for(lambda: len(env.runs()) == 1)
+
+
+# -- leases: runs of a crashed or hung scheduler --------------------------------------------
+
+
+def test_runs_carry_a_lease_that_is_renewed_while_in_flight(env_factory):
+    env = env_factory()
+    env.load(decl("sync"))
+    gate = env.handle("sync", Gate())
+    env.clock.set(hm(10, 45))
+    env.scheduler.tick()
+    (run,) = env.runs()
+    env.wait_status(run.id, "running")
+    stored = env.run(run.id)
+    assert stored.owner == env.scheduler.owner
+    assert stored.lease_until == hm(10, 46)  # 60 s from the start
+    env.clock.set(hm(10, 45, 10))
+    env.scheduler.tick()
+    assert env.run(run.id).lease_until == hm(10, 46)  # not yet: every third of the lease
+    env.clock.set(hm(10, 45, 20))
+    env.scheduler.tick()
+    assert env.run(run.id).lease_until == hm(10, 46, 20)
+    # long after its original lease, a tick still renews before it looks for expired runs
+    env.clock.set(hm(10, 50))
+    env.scheduler.tick()
+    assert env.run(run.id).status is RunStatus.running
+    assert env.run(run.id).lease_until == hm(10, 51)
+    gate.release.set()
+    env.settle()
+    assert env.run(run.id).status is RunStatus.succeeded
+
+
+def test_loop_wakes_to_renew_leases(memory_env):
+    env = memory_env(lease_seconds=30)
+    env.load(decl("sync", "0 12 * * *"))
+    gate = env.handle("sync", Gate())
+    env.clock.set(hm(12, 0))
+    env.scheduler.start()
+    (run,) = wait_for(lambda: env.runs())
+    env.wait_status(run.id, "running")
+    wait_for(lambda: env.scheduler.diagnostics()["next_wake_at"] == hm(12, 0, 10))
+    env.clock.set(hm(12, 0, 10))
+    wait_for(lambda: env.run(run.id).lease_until == hm(12, 0, 40), what="renewed lease")
+    gate.release.set()
+
+
+def hung_and_alive(tmp_path, **policy):
+    """Two schedulers ("processes") on one SQLite database and one clock."""
+    url = f"sqlite:///{tmp_path}/shared.db"
+    clock = ManualClock(T0)
+    hung, alive = Env(PeeweeJobStore(url), clock=clock), Env(PeeweeJobStore(url), clock=clock)
+    hung.load(decl("sync", **policy))
+    alive.scheduler.register_plugin(PLUGIN, KEY)
+    return hung, alive
+
+
+@pytest.mark.parametrize("on_abandoned", ["skip", "retry"])
+def test_a_run_of_a_hung_scheduler_is_abandoned_and_no_longer_blocks_its_job(tmp_path,
+                                                                            on_abandoned):
+    hung, alive = hung_and_alive(tmp_path, on_abandoned=on_abandoned)
+    try:
+        saw_cancel, release = threading.Event(), threading.Event()
+        hung.handle("sync", cooperative(saw_cancel, release))
+        alive_calls = []
+        alive.handle("sync", lambda ctx: alive_calls.append(ctx.scheduled_for))
+        hung.clock.set(hm(10, 45))
+        assert hung.scheduler.tick() == 1
+        (run,) = hung.runs()
+        hung.wait_status(run.id, "running")
+        # "hung" stops ticking: its lease is not renewed
+        hung.clock.set(hm(10, 45, 59))
+        alive.scheduler.tick()
+        with pytest.raises(JobAlreadyRunning):
+            alive.scheduler.trigger(run.job_id)
+        # expired at 10:46; looked for every third of a lease (from 10:45:59)
+        hung.clock.set(hm(10, 46, 19))
+        alive.scheduler.tick()
+        abandoned = alive.run(run.id)
+        assert abandoned.status is RunStatus.abandoned
+        assert hung.scheduler.owner in abandoned.error
+        assert [(r.id, r.status) for r, _ in alive.events_of("run_finished")][:1] == [
+            (run.id, RunStatus.abandoned)]
+        alive.settle()
+        if on_abandoned == "retry":
+            # the slot ran again, here, as a second attempt
+            assert alive_calls == [hm(10, 45)]
+            retry = next(r for r in alive.runs() if r.id != run.id)
+            assert (retry.scheduled_for, retry.attempt, retry.status) == (
+                hm(10, 45), 2, RunStatus.succeeded)
+        else:
+            assert alive_calls == [] and len(alive.runs()) == 1
+            alive.scheduler.trigger(run.job_id)  # the job is free again
+            alive.settle()
+        # "hung" wakes up: its renewal finds the run ended, and stops the handler
+        hung.scheduler.tick()
+        assert saw_cancel.wait(5)
+        release.set()
+        hung.settle()
+        assert hung.run(run.id).status is RunStatus.abandoned  # never overwritten
+    finally:
+        hung.close()
+        alive.close()
+
+
+def test_an_abandoned_slot_is_retried_at_most_max_attempts_times(tmp_path):
+    from pjcore.contrib.scheduler import MAX_ATTEMPTS
+
+    store = PeeweeJobStore(f"sqlite:///{tmp_path}/jobs.db")
+    env = Env(store)
+    try:
+        job = env.load(decl("sync", on_abandoned="retry"))["sync"]
+        env.handle("sync", lambda ctx: None)
+        # a dead scheduler's last attempt of the 10:45 slot
+        store.create_run(job.id, trigger="schedule", now=hm(10, 45), scheduled_for=hm(10, 45),
+                         attempt=MAX_ATTEMPTS, owner="dead", lease_until=hm(10, 46))
+        env.clock.set(hm(10, 47))
+        env.scheduler.tick()
+        env.settle()
+        assert [(r.attempt, r.status) for r in env.runs()] == [(MAX_ATTEMPTS, RunStatus.abandoned)]
+    finally:
+        env.close()
+
+
+def test_a_late_abandoned_slot_is_not_retried(memory_env):
+    env = memory_env()
+    job = env.load(decl("sync", on_abandoned="retry", misfire_grace_seconds=600))["sync"]
+    env.handle("sync", lambda ctx: None)
+    env.store.create_run(job.id, trigger="schedule", now=hm(10, 45), scheduled_for=hm(10, 45),
+                         owner="dead", lease_until=hm(10, 46))
+    env.clock.set(hm(10, 56))  # the slot is 11 minutes old: past the grace
+    env.scheduler.tick()
+    env.settle()
+    assert [r.status for r in env.runs()] == [RunStatus.abandoned]
+
+
+def test_start_reclaims_the_runs_its_owner_left_behind(memory_env):
+    env = memory_env(owner="host-1")
+    job = env.load(decl("sync"), decl("other"))
+    env.handle("sync", lambda ctx: None)
+    mine = env.store.create_run(job["sync"].id, trigger="manual", now=T0, owner="host-1",
+                                lease_until=T0 + timedelta(hours=1))
+    theirs = env.store.create_run(job["other"].id, trigger="manual", now=T0, owner="host-2",
+                                  lease_until=T0 + timedelta(hours=1))
+    env.scheduler.start()
+    # its own run is ended at once, long before its lease would run out
+    env.wait_status(mine.id, "abandoned")
+    wait_for(lambda: env.scheduler.diagnostics()["tick_count"] >= 1)
+    assert env.run(theirs.id).status is RunStatus.queued
+    run_id = env.scheduler.trigger(job["sync"].id)
+    env.settle()
+    assert env.run(run_id).status is RunStatus.succeeded

@@ -30,7 +30,7 @@ def job(next_run_at, schedule="*/15 * * * *", misfire="run_once", grace=3600.0, 
     )
 
 
-# -- nothing to plan -----------------------------------------------------------------
+# -- nothing to plan ------------------------------------------------------------------------
 
 
 def test_no_pointer_plans_nothing():
@@ -47,7 +47,7 @@ def test_a_pointer_in_the_future_is_left_alone():
     assert plan == SlotPlan(run_slot=None, missed=0, next_run_at=hm(10, 45))
 
 
-# -- one slot due -------------------------------------------------------------------
+# -- one slot due ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("policy", list(MisfirePolicy))
@@ -66,7 +66,7 @@ def test_pointer_follows_the_job_timezone():
     assert plan == SlotPlan(run_slot=hm(8, 0), missed=0, next_run_at=hm(8, 0, day=16))
 
 
-# -- downtime: several slots due ----------------------------------------------------
+# -- downtime: several slots due ------------------------------------------------------------
 
 # pointer 10:45, now 12:10: slots 10:45 11:00 11:15 11:30 11:45 12:00 are due
 
@@ -96,7 +96,7 @@ def test_run_all_walks_every_missed_slot_in_turn():
     assert pointer == hm(12, 15)
 
 
-# -- the grace window ---------------------------------------------------------------
+# -- the grace window -----------------------------------------------------------------------
 
 
 def test_run_once_latest_slot_within_grace_runs_boundary_included():
@@ -130,7 +130,7 @@ def test_no_grace_runs_however_late():
     assert plan.run_slot == hm(10, 45, day=20) and plan.missed == 5 * 96
 
 
-# -- long outages: the counting cap -------------------------------------------------
+# -- long outages: the counting cap ---------------------------------------------------------
 
 
 def test_counting_cap_still_runs_the_latest_slot(monkeypatch):
@@ -168,7 +168,7 @@ def test_a_per_second_job_down_for_two_hours_counts_exactly():
     assert plan == SlotPlan(run_slot=hm(12, 45), missed=7200, next_run_at=hm(12, 45, 1))
 
 
-# -- properties ---------------------------------------------------------------------
+# -- properties -----------------------------------------------------------------------------
 
 SCHEDULES = ["*/15 * * * *", "* * * * *", "0 * * * *", "5,35 9-17 * * 1-5", "0 0 * * *",
              "*/20 * * * * *"]
