@@ -716,21 +716,23 @@ def test_slow_job_does_not_delay_other_jobs(tmp_path):
     env = Env(PeeweeJobStore(f"sqlite:///{tmp_path}/jobs.db"), clock=SystemClock(),
               max_concurrent=4)
     try:
-        # both due every second; "slow" takes 1.5 s (cancellable at teardown),
-        # so the second "fast" run is due while "slow" still runs
+        # both due every second, from the same first slot; "slow" sleeps 5 s
+        # (cancellable, so the test ends once the fast runs are in)
         env.load(decl("slow", "* * * * * *"), decl("fast", "* * * * * *"))
         slow_started = threading.Event()
 
         def slow(ctx):
             slow_started.set()
-            ctx.wait(1.5)
+            ctx.wait(5.0)
 
         env.handle("slow", slow)
         env.handle("fast", lambda ctx: None)
         env.scheduler.start()
-        wait_for(lambda: len([r for r in env.runs("fast") if r.status.terminal]) >= 2
-                 and slow_started.is_set(), timeout=8, what="2 fast runs")
+        wait_for(lambda: len([r for r in env.runs("fast") if r.status.terminal]) >= 3
+                 and slow_started.is_set(), timeout=8, what="3 fast runs")
         env.scheduler.stop(timeout=0)
+        first_fast = min(env.runs("fast"), key=lambda r: r.scheduled_for)
+        assert first_fast.scheduled_for == min(r.scheduled_for for r in env.runs("slow"))
         (slow_run, *_) = env.runs("slow")
         fast_runs = [r for r in env.runs("fast") if r.started_at is not None]
         latencies = [(r.started_at - r.scheduled_for).total_seconds() for r in fast_runs]
