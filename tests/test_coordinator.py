@@ -292,6 +292,17 @@ def test_store_failure_reaches_the_caller(host):
         unloaded(host, remove_data=True)
 
 
+def test_lifecycle_events_after_the_host_stopped_raise_instead_of_being_ignored(host):
+    # Paperclip's coordinator silently ignores events after stop(); a host
+    # that still sends them has a bug worth hearing about.
+    loaded(host)
+    host.stop()
+    with pytest.raises(StoreError, match="closed"):
+        loaded(host)
+    with pytest.raises(StoreError, match="closed"):
+        disabled(host)
+
+
 # -- plugin_disabled / plugin_unloaded ------------------------------------------------------
 
 
