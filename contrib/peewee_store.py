@@ -13,11 +13,12 @@ import hashlib
 import json
 import os
 import re
+import select
 import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Sequence
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import attrs
 import peewee as pw
@@ -231,12 +232,21 @@ MIGRATIONS: list[Migration] = [
 
 
 def _redact(url: str) -> str:
+    """*url* for messages: a password in the user part or in the query
+    (``?password=...``, which libpq accepts too) becomes ``***``."""
     parts = urlsplit(url)
-    if parts.password is None:
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    secret_query = any(k.lower() == "password" for k, _ in query)
+    if parts.password is None and not secret_query:
         return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return parts._replace(netloc=f"{user}:***@{netloc[2]}").geturl()
+    if parts.password is not None:
+        netloc = parts.netloc.rpartition("@")
+        user = netloc[0].partition(":")[0]
+        parts = parts._replace(netloc=f"{user}:***@{netloc[2]}")
+    if secret_query:
+        query = [(k, "***" if k.lower() == "password" else v) for k, v in query]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return parts.geturl()
 
 
 def _sqlite_database(url: str, parts, options: dict[str, Any]) -> pw.SqliteDatabase:
@@ -371,10 +381,22 @@ def _operation(fn):
             self._connect()
             return fn(self, *args, **kwargs)
         except _DB_ERRORS as exc:
+            # The transaction (if any) has been left by now: make sure this
+            # thread's next operation starts on a clean connection.
             self._drop_broken_connection()
             raise self._store_error(fn.__name__, exc) from exc
 
     return wrapper
+
+
+#: transaction status of an idle PostgreSQL connection (psycopg2 and psycopg 3 alike)
+_PG_IDLE = 0
+
+
+def _pg_transaction_status(conn: Any) -> int:
+    if hasattr(conn, "get_transaction_status"):  # psycopg2
+        return conn.get_transaction_status()
+    return int(conn.info.transaction_status)  # psycopg 3
 
 
 def _chunks(items: Sequence[Any]):
@@ -480,9 +502,16 @@ class PeeweeJobStore(BaseJobStore):
         return StoreError(f"{self._label}: {operation} failed: {detail}")
 
     def _connect(self) -> None:
-        if not self._db.is_closed():
+        db = self._db
+        if not db.is_closed() and self._pg and not db.in_transaction() \
+                and self._server_hung_up(db.connection()):
+            # The server went away while this thread's connection sat idle
+            # (PostgreSQL restarted, a proxy cut it): reconnect now rather
+            # than fail this operation on the dead connection.
+            self._discard_connection()
+        if not db.is_closed():
             return
-        self._db.connect()
+        db.connect()
         if not self._owned:
             return
         me = threading.current_thread()
@@ -493,8 +522,25 @@ class PeeweeJobStore(BaseJobStore):
                     alive.append((thread, conn))
                 else:  # its thread ended (or it is this thread's stale one)
                     self._close_raw(conn)
-            alive.append((me, self._db.connection()))
+            alive.append((me, db.connection()))
             self._conns = alive
+
+    @staticmethod
+    def _server_hung_up(conn: Any) -> bool:
+        """Whether an idle PostgreSQL connection is known to be dead.
+
+        Idle between operations, a connection has nothing to read (pjcore
+        does not LISTEN): readable means the server sent its last words
+        (shutdown notice) or closed the socket. At worst a healthy
+        connection that got an unsolicited message is replaced.
+        """
+        if conn.closed:
+            return True
+        try:
+            readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        except (OSError, ValueError, *_DB_ERRORS):
+            return True
+        return bool(readable)
 
     @staticmethod
     def _close_raw(conn: Any) -> None:
@@ -503,15 +549,36 @@ class PeeweeJobStore(BaseJobStore):
         except Exception:  # already closed or unusable: nothing to release
             pass
 
+    def _discard_connection(self) -> None:
+        """Forget this thread's connection; the next operation opens a new one."""
+        try:
+            self._db.close()  # resets the thread's state even when close fails
+        except Exception:  # a dead connection may refuse to close cleanly
+            pass
+
     def _drop_broken_connection(self) -> None:
-        # A PostgreSQL connection that died stays "open" for peewee; drop it
-        # so the next operation on this thread reconnects.
-        if self._pg and not self._db.in_transaction() and not self._db.is_closed():
-            if getattr(self._db.connection(), "closed", 0):
-                try:
-                    self._db.close()
-                except Exception:
-                    pass
+        """After a database error, outside any transaction: discard this
+        thread's connection unless it is known to be clean.
+
+        PostgreSQL: a connection that died stays "open" for peewee, and one
+        whose ROLLBACK failed may still hold a transaction (aborted or open)
+        that every later statement would run in. SQLite: a transaction left
+        open after a failed ROLLBACK would keep the database write lock for
+        good; closing the connection releases it.
+        """
+        db = self._db
+        if db.is_closed() or db.in_transaction():
+            return
+        try:
+            conn = db.connection()
+            if self._pg:
+                clean = not conn.closed and _pg_transaction_status(conn) == _PG_IDLE
+            else:
+                clean = not conn.in_transaction
+        except Exception:
+            clean = False
+        if not clean:
+            self._discard_connection()
 
     def _lock(self, query: pw.Select) -> pw.Select:
         return query.for_update() if self._pg else query
@@ -750,13 +817,25 @@ class PeeweeJobStore(BaseJobStore):
         J, R = self._Job, self._Run
         seen, slot = _us(expected), _us(run_slot)
         same = J.next_run_at.is_null() if seen is None else J.next_run_at == seen
+        claimable = (J.id == job_id) & (J.status == JobStatus.active.value) & same
+        mine = R.job == job_id
+        # A first look outside any transaction: when schedulers share a
+        # database, most refused claims find the pointer already moved (or a
+        # run in flight elsewhere), and refusing then costs one statement
+        # instead of a transaction (on SQLite, without taking the write lock).
+        # Only a refusal is decided here; the transaction below re-checks all.
+        precheck = J.select(J.id).where(claimable)
+        if slot is not None:
+            busy = R.select(R.id).where(mine & R.status.in_(_NON_TERMINAL))
+            precheck = precheck.where(~pw.fn.EXISTS(busy))
+        if not precheck.exists():
+            return Claim(applied=False)
         run = None
         try:
             with self._write():
                 # SQLite holds the write lock; PostgreSQL locks the job row, so
                 # a competing scheduler waits here and then sees the new pointer.
-                query = J.select(J.plugin_id, J.job_key).where(
-                    (J.id == job_id) & (J.status == JobStatus.active.value) & same)
+                query = J.select(J.plugin_id, J.job_key).where(claimable)
                 if self._pg:
                     # another scheduler claiming this job right now: let it
                     query = query.for_update(skip_locked=True)
@@ -766,10 +845,15 @@ class PeeweeJobStore(BaseJobStore):
                 values: dict[str, Any] = {"next_run_at": _us(next_run_at), "updated_at": _us(now),
                                           "missed_count": J.missed_count + missed}
                 if slot is not None:
-                    mine = R.job == job_id
-                    if R.select().where(mine & R.status.in_(_NON_TERMINAL)).exists():
+                    # After the lock, in a statement of its own (a fresh
+                    # snapshot on PostgreSQL): a run committed by a manual
+                    # trigger that held the row a moment ago is seen.
+                    rows = list(R.select(R.status, R.scheduled_for).where(
+                        mine & (R.status.in_(_NON_TERMINAL) | (R.scheduled_for == slot))
+                    ).tuples())
+                    if any(status in _NON_TERMINAL for status, _ in rows):
                         return Claim(applied=False)
-                    if not R.select().where(mine & (R.scheduled_for == slot)).exists():
+                    if not any(scheduled == slot for _, scheduled in rows):
                         run = JobRun(id=new_id(), job_id=job_id, plugin_id=job["plugin_id"],
                                      job_key=job["job_key"], trigger=RunTrigger.schedule,
                                      scheduled_for=run_slot, created_at=now, owner=owner,
@@ -873,7 +957,15 @@ class PeeweeJobStore(BaseJobStore):
             None, [(R.started_at > now_us, 0)], (pw.Value(now_us) - R.started_at) / 1000
         )
         return {"status": status.value, "finished_at": now_us, "duration_ms": duration,
-                "error": error}
+                "error": self._text(error)}
+
+    def _text(self, value: str | None) -> str | None:
+        # PostgreSQL text cannot hold NUL (psycopg2 refuses the whole
+        # statement), and an error message is the one free text a store gets
+        # from a handler: refusing it would leave the run in flight.
+        if value is None or not self._pg or "\x00" not in value:
+            return value
+        return value.replace("\x00", "\ufffd")
 
     @_operation
     def complete_run(
@@ -887,7 +979,7 @@ class PeeweeJobStore(BaseJobStore):
     ) -> bool:
         R = self._Run
         values = self._finish(_us(now), terminal_status(status), error)
-        values["error_detail"] = error_detail
+        values["error_detail"] = self._text(error_detail)
         query = R.update(values).where((R.id == run_id) & R.status.in_(_NON_TERMINAL))
         return query.execute() == 1
 

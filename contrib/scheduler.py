@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from concurrent.futures import Future
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -20,7 +21,7 @@ from loguru import logger
 
 from pjcore.abc import JobStore, Outcome, Runner, Scheduler
 from pjcore.clock import Clock, SystemClock
-from pjcore.context import JobContext, RunCancelled
+from pjcore.context import JobContext, PluginJobs, RunCancelled
 from pjcore.exceptions import (
     ConfigurationError,
     CronError,
@@ -30,6 +31,7 @@ from pjcore.exceptions import (
     JobNotActive,
     PluginNotRunning,
     SlotAlreadyClaimed,
+    StoreError,
 )
 from pjcore.manifest import AbandonPolicy
 from pjcore.models import Job, JobRun, JobStatus, RunStatus, RunTrigger
@@ -44,6 +46,8 @@ Notify = Callable[..., None]
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 #: ``JobStore`` page limit
 _MAX_LIMIT = 1000
+#: due jobs read per tick, in multiples of the free capacity (see _round)
+_SPREAD = 4
 #: clock seconds before a job whose claim was refused (a run of it in flight
 #: in another process) is looked at again
 BLOCKED_RETRY = 1.0
@@ -53,6 +57,15 @@ UNREGISTERED = "Plugin unregistered"
 #: times in all: a handler that kills its process every time must not
 #: take every scheduler down with it forever
 MAX_ATTEMPTS = 3
+#: real seconds of the first back-off after a failed tick (or a failed start
+#: of a run); it doubles on each failure in a row, up to :data:`MAX_BACKOFF`
+#: and never beyond a third of the lease, so the heartbeat of runs in
+#: flight resumes within a renewal period of the store coming back
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+#: clock seconds between two attempts to record the end of a run that the
+#: store refused (outage); the job stays busy until it is recorded
+RECORD_RETRY = 1.0
 
 
 def default_owner() -> str:
@@ -61,13 +74,28 @@ def default_owner() -> str:
 
 @attrs.define(eq=False)
 class _InFlight:
+    """A run this scheduler dispatched, from dispatch until its handler has
+    returned *and* its end is recorded in the store."""
+
     run_id: str
     job: Job
+    run: JobRun  # as dispatched (queued)
     context: JobContext
     deadline: datetime | None
     timeout: float | None
     future: Future | None = None
-    ended: bool = False  # recorded terminal (timeout, cancel) before the handler returned
+    #: the terminal status is decided (handler outcome, timeout, cancel,
+    #: shutdown): nothing else may decide it
+    ended: bool = False
+    #: the handler has returned
+    returned: bool = False
+    #: a decided end the store refused (outage): (status, error, detail,
+    #: when it ended), retried until recorded; the run keeps its lease meanwhile
+    unrecorded: tuple[RunStatus, str | None, str | None, datetime] | None = None
+    #: recorded by this scheduler; run_finished is announced once the job is free
+    announce: bool = False
+    #: left _inflight (guards against a double release)
+    released: bool = False
 
 
 class ThreadScheduler(Scheduler):
@@ -152,6 +180,7 @@ class ThreadScheduler(Scheduler):
         self._busy: dict[str, str] = {}  # job_id -> run_id ("" reserved), until the handler returns
         self._blocked: dict[str, datetime] = {}  # job_id -> retry at; claim refused by the store
         self._thread: threading.Thread | None = None
+        self._loop_ident: int | None = None  # thread id of the loop
         self._stopping = False
         self._tick_count = 0
         self._last_tick_at: datetime | None = None
@@ -159,7 +188,13 @@ class ThreadScheduler(Scheduler):
         self._renew_at: datetime | None = None  # when the leases of runs in flight are renewed
         self._reconcile_at: datetime | None = None  # when expired runs are looked for again
         self._reclaim = False  # start(): end the runs a previous incarnation left
-        self._errors = 0
+        self._errors = 0  # failed ticks in a row
+        # a tick failed on the store: a claim (or a run creation) may have
+        # committed although it raised; look for such runs once it works again
+        self._orphans_possible = False
+        self._recovering = False  # the last tick failed: see _round
+        # one writer of deferred end records at a time (loop thread, stop())
+        self._record_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ThreadScheduler(owner={self.owner!r}, max_concurrent={self.max_concurrent})"
@@ -186,16 +221,31 @@ class ThreadScheduler(Scheduler):
         # Wait for the entries to leave _inflight, not for the runner's
         # futures: a future is done before its callback has recorded the
         # outcome, and a run must not be called "shutdown" after it succeeded.
+        # The loop is gone, so ends the store refused are retried here.
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._drained:
-            while self._inflight:
+        while True:
+            self._flush_records()
+            with self._drained:
+                if not self._inflight:
+                    break
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
+                if any(e.unrecorded is not None for e in self._inflight.values()):
+                    left = RECORD_RETRY if left is None else min(left, RECORD_RETRY)
                 self._drained.wait(left)
+        with self._lock:
             leftover = [e for e in self._inflight.values() if not e.ended]
         for entry in leftover:
             self._end(entry, RunStatus.cancelled, "shutdown")
+        with self._lock:
+            unrecorded = sorted(e.run_id for e in self._inflight.values()
+                                if e.unrecorded is not None)
+        if unrecorded:
+            # Not lost: they keep their lease until it runs out, then any
+            # scheduler records them abandoned (this owner at once on restart).
+            logger.error("pjcore scheduler stopped before the store took the end of run(s) {runs}",
+                         runs=", ".join(unrecorded))
 
     # -- plugins ---------------------------------------------------------------
 
@@ -236,25 +286,39 @@ class ThreadScheduler(Scheduler):
         self._wake.set()
 
     def _loop(self) -> None:
+        self._loop_ident = threading.get_ident()
+        last_failure: tuple | None = None
         while not self._stopping:
             self._wake.clear()  # before the tick, so a wake() during it is kept
             wake_at: datetime | None = None
             try:
                 self.tick()
                 wake_at = self._compute_wake_at()
-                self._errors = 0
             except Exception as exc:
                 self._errors += 1
-                delay = min(30.0, 0.5 * 2 ** min(self._errors, 6))
-                logger.opt(exception=exc).error(
-                    "pjcore scheduler tick failed ({n} in a row); retrying in {delay:.1f}s",
-                    n=self._errors, delay=delay,
-                )
+                delay = self._backoff(self._errors)
+                # A traceback when the failure is new, one line while it
+                # repeats (an outage would otherwise log one every retry).
+                kind = (type(exc), str(exc).partition("\n")[0])
+                log = logger.opt(exception=exc) if kind != last_failure else logger
+                last_failure = kind
+                log.error("pjcore scheduler tick failed ({n} in a row): {error}; "
+                          "retrying in {delay:.1f}s", n=self._errors, error=exc, delay=delay)
                 wake_at = self.clock.now() + timedelta(seconds=delay)
+            else:
+                if self._errors:
+                    logger.warning("pjcore scheduler resumed after {n} failed tick(s)",
+                                   n=self._errors)
+                self._errors, last_failure = 0, None
             self._next_wake_at = wake_at
             if self._stopping:
                 break
             self.clock.wait(self._wake, wake_at, self.max_idle)
+
+    def _backoff(self, failures: int) -> float:
+        """Real seconds to wait after *failures* failed attempts in a row."""
+        return min(MAX_BACKOFF, self.lease_seconds / 3,
+                   FIRST_BACKOFF * 2 ** min(failures - 1, 16))
 
     def _compute_wake_at(self) -> datetime | None:
         """When the next tick has something to do.
@@ -268,8 +332,11 @@ class ThreadScheduler(Scheduler):
         with self._lock:
             live = [e for e in self._inflight.values() if not e.ended]
             candidates = [e.deadline for e in live if e.deadline is not None]
-            if live and self._renew_at is not None:
+            unrecorded = any(e.unrecorded is not None for e in self._inflight.values())
+            if (live or unrecorded) and self._renew_at is not None:
                 candidates.append(self._renew_at)
+            if unrecorded:
+                candidates.append(self.clock.now() + timedelta(seconds=RECORD_RETRY))
             full = len(self._inflight) >= self.max_concurrent
             plugin_ids = list(self._plugins)
             excluded = set(self._busy) | set(self._blocked)
@@ -295,6 +362,31 @@ class ThreadScheduler(Scheduler):
         with self._lock:
             self._tick_count += 1
             self._last_tick_at = now
+        try:
+            started = self._round(now)
+        except Exception:
+            # The store failed (an outage, most likely). A claim or a run
+            # creation may have committed although it raised; and every
+            # other scheduler may be missing heartbeats as well.
+            self._orphans_possible = True
+            self._recovering = True
+            raise
+        self._recovering = False
+        return started
+
+    def _round(self, now: datetime) -> int:
+        # Ends the store refused before: their jobs stay busy until recorded.
+        self._flush_records()
+        if self._recovering:
+            # The first rounds after a store failure: other schedulers may
+            # have been cut off too and not renewed their leases. Give them
+            # a lease's time to renew before their runs count as abandoned
+            # (their back-off is at most a third of a lease). This
+            # scheduler's own runs are renewed right below.
+            with self._lock:
+                later = now + timedelta(seconds=self.lease_seconds)
+                if self._reconcile_at is None or self._reconcile_at < later:
+                    self._reconcile_at = later
         if self._reclaim:  # first tick after start()
             self._reconcile(now, owner=self.owner)
             self._reclaim = False
@@ -303,6 +395,9 @@ class ThreadScheduler(Scheduler):
         self._renew(now)
         self._expire(now)
         self._reconcile(now)
+        if self._orphans_possible:
+            self._adopt_orphans(now)
+            self._orphans_possible = False
         with self._lock:
             self._blocked.clear()  # looked at again below
             free = self.max_concurrent - len(self._inflight)
@@ -312,10 +407,17 @@ class ThreadScheduler(Scheduler):
         if free <= 0 or not plugin_ids or stopping:
             return 0
         started = 0
-        limit = min(free + len(busy), _MAX_LIMIT)
-        for job in self.store.due_jobs(now, limit=limit, plugin_ids=plugin_ids):
-            if started >= free:
-                break
+        # Jobs due at the same instant are tried in an order of this
+        # scheduler's own (a hash of owner and job id), from a list a few
+        # times longer than the free capacity: schedulers sharing a database
+        # then start on different jobs instead of all going for the same rows
+        # and refusing each other's claims. Older slots still come first.
+        limit = min(free * _SPREAD + len(busy), _MAX_LIMIT)
+        due = self.store.due_jobs(now, limit=limit, plugin_ids=plugin_ids)
+        due.sort(key=lambda j: (j.next_run_at, zlib.crc32(f"{self.owner}/{j.id}".encode())))
+        for job in due:
+            if started >= free or self._stopping:
+                break  # stopping: a slot claimed now would only be recorded cancelled
             if job.id in busy:
                 continue  # still running: the slot waits, the misfire policy decides later
             try:
@@ -387,10 +489,12 @@ class ThreadScheduler(Scheduler):
             now = self.clock.now()
             run = self.store.create_run(job.id, trigger=trigger, now=now, exclusive=True,
                                         owner=self.owner, lease_until=self._lease_until(now))
-        except BaseException:
+        except BaseException as exc:
             with self._lock:
                 if self._busy.get(job.id) == "":  # only our own reservation
                     del self._busy[job.id]
+            if isinstance(exc, StoreError):
+                self._orphans_possible = True  # it may have committed all the same
             raise
         self._dispatch(job, run)
         return run.id
@@ -412,12 +516,18 @@ class ThreadScheduler(Scheduler):
             trigger=run.trigger,
             scheduled_for=run.scheduled_for or run.created_at,
             logger=logger.bind(pj_plugin=job.plugin_key, pj_job=job.job_key, pj_run=run.id),
+            # the handler's view of its own plugin's jobs, and of no other
+            jobs=PluginJobs(self.store, self, job.plugin_id, job.plugin_key),
         )
-        entry = _InFlight(run_id=run.id, job=job, context=context, deadline=None, timeout=timeout)
+        entry = _InFlight(run_id=run.id, job=job, run=run, context=context, deadline=None,
+                          timeout=timeout)
         with self._lock:
             # Checked together with the insertion, so unregister_plugin and
-            # stop either see this entry or make us refuse it.
-            refusal = ("shutdown" if self._stopping
+            # stop either see this entry or make us refuse it. A slot the loop
+            # claimed as stop() began still runs: stop() joins the loop before
+            # it drains, so it waits for this run like any other.
+            stopping = self._stopping and threading.get_ident() != self._loop_ident
+            refusal = ("shutdown" if stopping
                        else UNREGISTERED if job.plugin_id not in self._plugins else None)
             if refusal is None:
                 self._inflight[run.id] = entry
@@ -445,16 +555,52 @@ class ThreadScheduler(Scheduler):
         if entry.timeout:
             entry.deadline = now + timedelta(seconds=entry.timeout)
             self.wake()  # the loop must wake for this deadline
-        if not self.store.mark_running(entry.run_id, now=now, owner=self.owner,
-                                       lease_until=self._lease_until(now)):
+        started = self._mark_running(entry, context)
+        if started is None:
             raise RunCancelled(context.cancel_reason or "cancelled before it started")
         if context.trigger is not RunTrigger.schedule:
-            self._stamp_manual_start(entry.job, now)
-        self._announce_start(entry)
+            self._stamp_manual_start(entry.job, self.clock.now())
+        self._notify("run_started", run=started, job=entry.job)
         handler = self._resolve(entry.job.plugin_key, entry.job.job_key)
         if handler is None:
             raise HandlerLookupError(entry.job.plugin_key, entry.job.job_key)
         return handler(context)
+
+    def _mark_running(self, entry: _InFlight, context: JobContext) -> JobRun | None:
+        """``queued`` -> ``running`` in the store: the run as now stored, or
+        None if it may not start.
+
+        A store failure is retried, backing off, until the store takes it or
+        the run is cancelled (timeout, unregister, shutdown): the slot is
+        claimed and leased to this scheduler, so it is still ours to run
+        once the store is back, and recording it failed would lose it.
+        """
+        failures = 0
+        while True:
+            now = self.clock.now()
+            try:
+                lease_until = self._lease_until(now)
+                if self.store.mark_running(entry.run_id, now=now, owner=self.owner,
+                                           lease_until=lease_until):
+                    # what the store now holds, without reading it back
+                    return attrs.evolve(entry.run, status=RunStatus.running, started_at=now,
+                                        owner=self.owner, lease_until=lease_until)
+                if not failures:
+                    return None
+                # A failed attempt may have committed all the same (the
+                # connection was lost after the server applied it).
+                run = self.store.get_run(entry.run_id)
+                if run is not None and run.status is RunStatus.running and run.owner == self.owner:
+                    return run
+                return None
+            except StoreError as exc:  # the database is unavailable: worth retrying
+                failures += 1
+                delay = self._backoff(failures)
+                logger.warning("pjcore could not start run {run} of {job}: {error}; "
+                               "retrying in {delay:.1f}s", run=entry.run_id,
+                               job=entry.job.job_key, error=exc, delay=delay)
+                if context.wait(delay):
+                    return None
 
     def _stamp_manual_start(self, job: Job, now: datetime) -> None:
         # last_run_at is "the most recent run that started", manual ones
@@ -474,42 +620,117 @@ class ThreadScheduler(Scheduler):
             outcome: Outcome = future.result()
         except BaseException as exc:  # a runner must not raise, but be safe
             outcome = Outcome("failed", f"runner error: {exc!r}")
-        applied = False
+        with self._lock:
+            entry.returned = True  # before the record: its announcement waits for the release
         if not entry.ended:
             entry.ended = True
-            applied = self._complete(entry, RunStatus(outcome.status), outcome.error,
-                                     outcome.error_detail)
+            self._write_end(entry, RunStatus(outcome.status), outcome.error,
+                            outcome.error_detail)
+        self._release(entry)
+
+    def _write_end(self, entry: _InFlight, status: RunStatus, error: str | None,
+                   detail: str | None = None) -> None:
+        """Record the run's end. If the store refuses (outage), keep it for
+        :meth:`_flush_records`: the job stays busy and the run keeps its lease
+        until the end is recorded, so it is never lost nor recorded twice
+        (``complete_run`` never overwrites a terminal status)."""
+        now = self.clock.now()
+        try:
+            applied = self.store.complete_run(entry.run_id, status=status, now=now, error=error,
+                                              error_detail=detail)
+        except StoreError as exc:  # the database is unavailable: worth retrying
+            logger.warning("pjcore could not record the end of run {run} of {job} ({status}): "
+                           "{error}; retrying until the store takes it", run=entry.run_id,
+                           job=entry.job.job_key, status=status.value, error=exc)
+            with self._lock:
+                entry.unrecorded = (status, error, detail, now)
+            self.wake()  # the loop retries it
+            return
+        except Exception:
+            self._give_up_recording(entry)
+            return
+        self._recorded(entry, applied)
+
+    def _give_up_recording(self, entry: _InFlight) -> None:
+        # Not an outage (a store bug, a value it cannot take): retrying would
+        # keep the job busy forever. Without its lease renewed, the run is
+        # recorded abandoned by a scheduler once the lease runs out.
+        logger.exception("pjcore cannot record the end of run {run} of {job}; it is recorded "
+                         "abandoned once its lease runs out", run=entry.run_id,
+                         job=entry.job.job_key)
+        self._recorded(entry, False)
+
+    def _recorded(self, entry: _InFlight, applied: bool) -> None:
+        """The store took the end of *entry*; announce it once (after the
+        release if the handler has returned, at once otherwise)."""
         with self._lock:
+            entry.unrecorded = None
+            entry.announce = applied and entry.returned
+            now = applied and not entry.returned
+        if now:
+            self._announce_end(entry.run_id, entry.job)
+
+    def _release(self, entry: _InFlight) -> None:
+        """Free the job once the handler has returned and the end is recorded."""
+        with self._lock:
+            if entry.released or not entry.returned or entry.unrecorded is not None:
+                return
+            entry.released = True
             if self._busy.get(entry.job.id) == entry.run_id:
                 del self._busy[entry.job.id]
         # Announced once the job is free, so an observer may trigger it
         # again, and before the entry leaves _inflight, so stop() (and a
         # host closing the store after it) waits for the announcement.
-        if applied:
+        if entry.announce:
             self._announce_end(entry.run_id, entry.job)
         with self._lock:
             self._inflight.pop(entry.run_id, None)
             self._drained.notify_all()
         self.wake()
 
-    def _complete(self, entry: _InFlight, status: RunStatus, error: str | None,
-                  detail: str | None = None) -> bool:
-        try:
-            return self.store.complete_run(
-                entry.run_id, status=status, now=self.clock.now(), error=error, error_detail=detail
-            )
-        except Exception:
-            logger.exception("pjcore could not record the end of run {run}", run=entry.run_id)
-            return False
+    def _flush_records(self) -> None:
+        """Retry the ends the store refused, oldest first. Never raises: a
+        store still down leaves them for the next attempt (the tick's own
+        store calls report the outage)."""
+        with self._record_lock:
+            with self._lock:
+                pending = [e for e in self._inflight.values() if e.unrecorded is not None]
+            for entry in pending:
+                status, error, detail, ended_at = entry.unrecorded
+                try:
+                    applied = self.store.complete_run(entry.run_id, status=status, now=ended_at,
+                                                      error=error, error_detail=detail)
+                    if not applied:
+                        # The attempt that raised may have been applied all the
+                        # same (the connection died after the server did it).
+                        run = self.store.get_run(entry.run_id)
+                        applied = (run is not None and run.status is status
+                                   and run.finished_at == ended_at)
+                except StoreError as exc:
+                    logger.debug("pjcore still cannot record the end of run {run}: {error}",
+                                 run=entry.run_id, error=exc)
+                    return
+                except Exception:
+                    self._give_up_recording(entry)
+                    self._release(entry)
+                    continue
+                if applied:
+                    logger.info("pjcore recorded the end of run {run} of {job} ({status}) "
+                                "once the store was back", run=entry.run_id,
+                                job=entry.job.job_key, status=status.value)
+                else:
+                    logger.warning("pjcore run {run} of {job} was ended elsewhere before its "
+                                   "end ({status}) could be recorded", run=entry.run_id,
+                                   job=entry.job.job_key, status=status.value)
+                self._recorded(entry, applied)
+                self._release(entry)
 
     def _end(self, entry: _InFlight, status: RunStatus, error: str) -> None:
         """Record a run terminal while its handler may still be running."""
         entry.ended = True
         # Record, then signal (see unregister_plugin).
-        applied = self._complete(entry, status, error)
+        self._write_end(entry, status, error)
         entry.context.request_cancel(error)
-        if applied:
-            self._announce_end(entry.run_id, entry.job)
 
     def _record(self, run_id: str, job: Job, status: RunStatus, error: str) -> None:
         """Record a run that never reached the runner."""
@@ -517,7 +738,10 @@ class ThreadScheduler(Scheduler):
             applied = self.store.complete_run(run_id, status=status, now=self.clock.now(),
                                               error=error)
         except Exception:
+            # Still queued and leased to this scheduler: found again by
+            # _adopt_orphans, or abandoned once its lease runs out.
             logger.exception("pjcore could not record the end of run {run}", run=run_id)
+            self._orphans_possible = True
             return
         if applied:
             self._announce_end(run_id, job)
@@ -538,7 +762,10 @@ class ThreadScheduler(Scheduler):
         with self._lock:
             if self._renew_at is None or now < self._renew_at:
                 return
-            ids = [e.run_id for e in self._inflight.values() if not e.ended]
+            # runs not yet recorded terminal: running, or ended here while
+            # the store was refusing the record
+            ids = [e.run_id for e in self._inflight.values()
+                   if not e.ended or e.unrecorded is not None]
         if not ids:
             with self._lock:
                 self._renew_at = None
@@ -577,6 +804,56 @@ class ThreadScheduler(Scheduler):
             self._notify("run_finished", run=run, job=job)
             self._retry_abandoned(run, job, now)
 
+    def _adopt_orphans(self, now: datetime) -> None:
+        """Dispatch queued runs of this scheduler that it does not know about.
+
+        A claim or run creation whose connection died at commit raised here
+        although the database committed it: its run is queued and owned by
+        this scheduler, and nobody would start it (it would block its job
+        until the lease ran out and then be recorded abandoned, its slot
+        never run). A run whose slot is past the misfire grace is recorded
+        ``skipped`` instead.
+        """
+        with self._lock:
+            plugin_ids = list(self._plugins)
+        for plugin_id in plugin_ids:
+            cursor = None
+            while True:
+                page = self.store.list_runs(plugin_id=plugin_id, status=RunStatus.queued,
+                                            limit=_MAX_LIMIT, cursor=cursor)
+                for run in page.runs:
+                    if run.owner == self.owner:
+                        self._adopt(run, now)
+                cursor = page.next_cursor
+                if cursor is None:
+                    break
+
+    def _adopt(self, run: JobRun, now: datetime) -> None:
+        with self._lock:
+            if run.id in self._inflight or run.job_id in self._busy or self._stopping:
+                return  # known here (a trigger's or retry's reservation included)
+            self._busy[run.job_id] = ""  # as trigger(): no tick starts it meanwhile
+        dispatched = False
+        try:
+            job = self.store.get_job(run.job_id)
+            if job is None:
+                return
+            grace = job.policy.misfire_grace_seconds
+            slot = run.scheduled_for
+            if slot is not None and grace is not None and (now - slot).total_seconds() > grace:
+                self._record(run.id, job, RunStatus.skipped,
+                             "slot past its misfire grace by the time the store came back")
+                return
+            logger.warning("pjcore run {run} of {job} was created although the store reported "
+                           "an error; starting it now", run=run.id, job=job.job_key)
+            dispatched = True
+            self._dispatch(job, run)
+        finally:
+            if not dispatched:
+                with self._lock:
+                    if self._busy.get(run.job_id) == "":
+                        del self._busy[run.job_id]
+
     def _retry_abandoned(self, run: JobRun, job: Job, now: datetime) -> None:
         if (run.trigger is not RunTrigger.schedule or run.scheduled_for is None
                 or job.policy.on_abandoned is not AbandonPolicy.retry
@@ -610,11 +887,6 @@ class ThreadScheduler(Scheduler):
                     del self._busy[job.id]
             raise
         self._dispatch(job, retry)
-
-    def _announce_start(self, entry: _InFlight) -> None:
-        run = self.store.get_run(entry.run_id)
-        if run is not None:
-            self._notify("run_started", run=run, job=entry.job)
 
     def _announce_end(self, run_id: str, job: Job | None = None) -> None:
         try:

@@ -9,9 +9,11 @@ import signal
 import sys
 import tempfile
 import threading
+import traceback
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Sequence
+from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo
 
 from pjcore.exceptions import InvalidArgument, PjError, PluginNotRunning
@@ -70,6 +72,29 @@ def _one_line(text: str) -> str:
     # Some errors (pluggy validation, database drivers) span lines; the CLI
     # promises a single ``pjcore: error:`` line.
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def _passwords(url: str | None) -> list[str]:
+    """The secrets in a database URL: the password of its user part and any
+    ``password=`` query parameter (libpq accepts both)."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        found = [parts.password, unquote(parts.password or "")]
+        found += [v for k, v in parse_qsl(parts.query) if k.lower() == "password"]
+    except ValueError:  # malformed: fall back to the raw user part
+        userinfo = url.partition("://")[2].rpartition("@")[0]
+        found = [userinfo.partition(":")[2]]
+    return sorted({p for p in found if p}, key=len, reverse=True)
+
+
+def _scrub(text: str, url: str | None) -> str:
+    """*text* without the passwords of *url*: whatever pjcore or a driver says
+    about a database, its password never reaches the terminal."""
+    for password in _passwords(url):
+        text = text.replace(password, "***")
+    return text
 
 
 class RunPrinter:
@@ -184,7 +209,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         folder = tempfile.mkdtemp(prefix="pjcore-demo-")
         database = f"sqlite:///{os.path.join(folder, 'demo.db')}"
     printer = RunPrinter()
-    print(f"pjcore demo: plugin {demo.PLUGIN_KEY!r} on {database}, for {args.duration:g}s",
+    shown = _scrub(database, database)
+    print(f"pjcore demo: plugin {demo.PLUGIN_KEY!r} on {shown}, for {args.duration:g}s",
           flush=True)
     # Only this session's runs go in the summary: the database may be reused.
     started = datetime.now(timezone.utc)
@@ -209,8 +235,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(_table(rows, ["job", "schedule", "runs", "ok", "failed", "cancelled", "missed",
                         "next (UTC)"]))
     print(f"total: {_total(sum(stats.values(), Counter()))}")
-    print(f"\ndatabase: {database}")
-    print(f"inspect it: pjcore runs --database {database}")
+    print(f"\ndatabase: {shown}")
+    print(f"inspect it: pjcore runs --database {shown}")
     return 0
 
 
@@ -226,7 +252,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if manifest.key not in loaded:
                 print(f"plugin {manifest.key} declares jobs that could not be loaded "
                       "(-v shows why)", file=sys.stderr)
-        print(f"pjcore running on {args.database} with plugins: {', '.join(loaded) or '(none)'}; "
+        print(f"pjcore running on {_scrub(args.database, args.database)} with plugins: "
+              f"{', '.join(loaded) or '(none)'}; "
               "Ctrl-C to stop", flush=True)
         why = _wait(args.duration)
         print(f"{why}: draining runs in flight (up to {args.drain_timeout:g}s)...", flush=True)
@@ -365,6 +392,14 @@ def _positive(value: str) -> float:
     return number
 
 
+def _reason(value: str) -> str:
+    from pjcore.context import MAX_TEXT
+
+    if len(value) > MAX_TEXT:
+        raise argparse.ArgumentTypeError(f"at most {MAX_TEXT} characters, not {len(value)}")
+    return value
+
+
 def _count(value: str) -> int:
     try:
         number = int(value)
@@ -438,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("pause", cmd_pause, "pause a job (it stays paused across plugin reloads)")
     p.add_argument("plugin", help="plugin id or key")
     p.add_argument("job", help="job key")
-    p.add_argument("--reason", help="shown by `pjcore jobs`")
+    p.add_argument("--reason", type=_reason, help="shown by `pjcore jobs`")
 
     p = add("resume", cmd_resume, "resume a paused job from its next slot")
     p.add_argument("plugin", help="plugin id or key")
@@ -469,15 +504,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         from loguru import logger
 
         logger.enable("pjcore")
+    database = getattr(args, "database", None)
     try:
         return args.func(args)
     except UsageError as exc:
-        args.command_parser.error(str(exc))  # exits 2, after the command's usage line
+        # exits 2, after the command's usage line
+        args.command_parser.error(_scrub(str(exc), database))
     except PjError as exc:
-        print(f"pjcore: error: {_one_line(str(exc))}", file=sys.stderr)
+        print(f"pjcore: error: {_one_line(_scrub(str(exc), database))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A bug, or a failure pjcore does not turn into one of its errors yet:
+        # still one line (a traceback is noise to an operator, and its
+        # messages may quote the command line); -v adds the traceback.
+        if args.verbose:
+            print(_scrub("".join(traceback.format_exception(exc)), database), file=sys.stderr,
+                  end="")
+        print(f"pjcore: error: unexpected {type(exc).__name__}: "
+              f"{_one_line(_scrub(str(exc), database)) or '(no message)'} "
+              "(a bug in pjcore or a plugin; -v shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

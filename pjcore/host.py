@@ -10,15 +10,55 @@ from loguru import logger
 from pjcore import cron
 from pjcore.abc import JobStore, Runner, Scheduler
 from pjcore.clock import Clock, SystemClock
+from pjcore.context import (
+    check_cursor,
+    check_identifier,
+    check_limit,
+    check_status,
+    check_text,
+    shown,
+)
 from pjcore.coordinator import Coordinator
-from pjcore.exceptions import ConfigurationError, JobLookupError, PjError
+from pjcore.exceptions import ConfigurationError, InvalidArgument, JobLookupError, PjError
 from pjcore.manifest import Manifest
-from pjcore.models import Job, JobRun, RunPage
+from pjcore.models import Job, JobRun, JobStatus, RunPage, RunStatus, RunTrigger
 from pjcore.plugins import PluginManager, make_plugin_manager, notify
 
 __all__ = ["Host"]
 
 DEFAULT_DATABASE = "sqlite:///pjcore.db"
+#: options the Host passes to each backend itself; the *_options may not repeat them
+_RESERVED = {
+    "store": {"url"},
+    "runner": {"max_workers"},
+    "scheduler": {"store", "runner", "resolve", "notify", "clock", "max_concurrent",
+                  "default_timeout"},
+}
+
+
+def _options(value: Any, kind: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigurationError(f"{kind}_options must be a mapping of option names to values, "
+                                 f"not {type(value).__name__}")
+    clash = sorted(set(value) & _RESERVED[kind])
+    if clash:
+        raise ConfigurationError(f"{kind}_options may not set {', '.join(clash)}: "
+                                 "the Host passes it itself")
+    return dict(value)
+
+
+def _create(backends: Any, kind: str, name: Any, **options: Any) -> Any:
+    """A backend from its factory. A factory that rejects an option raises
+    TypeError (unexpected keyword) or ValueError (a value it cannot convert):
+    those are the caller's configuration, so they become ConfigurationError."""
+    try:
+        return backends.create(kind, name, **options)
+    except PjError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"cannot create the {kind} backend {name!r}: {exc}") from exc
 
 
 class Host:
@@ -54,17 +94,30 @@ class Host:
         scheduler_options: Mapping[str, Any] | None = None,
         plugin_manager: PluginManager | None = None,
     ) -> None:
+        if clock is not None and not isinstance(clock, Clock):
+            raise ConfigurationError(f"clock must be a pjcore Clock, not {type(clock).__name__}")
+        if isinstance(plugins, (str, bytes)) or not isinstance(plugins, Iterable):
+            raise ConfigurationError(f"plugins must be a list of plugin objects or modules, "
+                                     f"not {type(plugins).__name__}")
+        if isinstance(database, str) and not database.strip():
+            # only None means the default: "" is a mistake, not a request for ./pjcore.db
+            raise ConfigurationError("the database URL is empty: expected a URL such as "
+                                     "sqlite:///path.db or postgresql://user@host/db")
+        store_options = _options(store_options, "store")
+        scheduler_options = _options(scheduler_options, "scheduler")
         self.clock = clock or SystemClock()
         self.pm = plugin_manager or make_plugin_manager(
             load_entrypoints=load_entrypoints, plugins=plugins, strict=strict_plugins
         )
         backends = self.pm.backends
-        self.store: JobStore = backends.create(
-            "store", store, url=database or DEFAULT_DATABASE, **dict(store_options or {})
+        self.store: JobStore = _create(
+            backends, "store", store, url=DEFAULT_DATABASE if database is None else database,
+            **store_options
         )
         try:
-            self.runner: Runner = backends.create("runner", runner, max_workers=max_concurrent)
-            self.scheduler: Scheduler = backends.create(
+            self.runner: Runner = _create(backends, "runner", runner, max_workers=max_concurrent)
+            self.scheduler: Scheduler = _create(
+                backends,
                 "scheduler",
                 scheduler,
                 store=self.store,
@@ -74,7 +127,7 @@ class Host:
                 clock=self.clock,
                 max_concurrent=max_concurrent,
                 default_timeout=default_timeout,
-                **dict(scheduler_options or {}),
+                **scheduler_options,
             )
             self.coordinator = Coordinator(store=self.store, scheduler=self.scheduler,
                                            clock=self.clock)
@@ -161,9 +214,13 @@ class Host:
         return loaded
 
     # -- queries and commands --------------------------------------------------
+    #
+    # Arguments are checked before they reach the store (see pjcore.context):
+    # a wrong type or value is an InvalidArgument naming the argument.
 
     def _plugin_id(self, plugin: str) -> str:
         """Accept a plugin id or a plugin key."""
+        plugin = check_identifier(plugin, "plugin")
         if self.store.list_jobs(plugin):
             return plugin
         for job in self.store.list_jobs():
@@ -173,12 +230,14 @@ class Host:
 
     def job(self, plugin: str, job_key: str) -> Job:
         plugin_id = self._plugin_id(plugin)
+        job_key = check_identifier(job_key, "job_key")
         job = self.store.get_job_by_key(plugin_id, job_key)
         if job is None:
             raise JobLookupError(job_key, plugin)
         return job
 
     def jobs(self, plugin: str | None = None, *, status: str | None = None) -> list[Job]:
+        status = check_status(status, JobStatus)
         return self.store.list_jobs(None if plugin is None else self._plugin_id(plugin),
                                     status=status)
 
@@ -191,24 +250,30 @@ class Host:
         limit: int = 50,
         cursor: str | None = None,
     ) -> RunPage:
+        status = check_status(status, RunStatus)
+        cursor = check_cursor(cursor)
         plugin_id = None if plugin is None else self._plugin_id(plugin)
         job_id = None
         if job_key is not None:
             if plugin is None:
-                raise ConfigurationError("a job key needs its plugin")
+                raise InvalidArgument("a job key needs its plugin")
             job_id = self.job(plugin, job_key).id
         return self.store.list_runs(plugin_id=plugin_id, job_id=job_id, status=status,
-                                    limit=limit, cursor=cursor)
+                                    limit=check_limit(limit), cursor=cursor)
 
     def run(self, run_id: str) -> JobRun | None:
-        return self.store.get_run(run_id)
+        return self.store.get_run(check_identifier(run_id, "run_id"))
 
     def trigger(self, plugin: str, job_key: str, *, trigger: str = "manual") -> str:
         """Start a run now; returns its id at once (see ``Scheduler.trigger``)."""
+        if trigger not in (RunTrigger.manual, RunTrigger.retry):
+            raise InvalidArgument(f"trigger must be 'manual' or 'retry', not {shown(trigger)}")
         job = self.job(plugin, job_key)
-        return self.scheduler.trigger(job.id, trigger=trigger, plugin_id=job.plugin_id)
+        return self.scheduler.trigger(job.id, trigger=RunTrigger(trigger).value,
+                                      plugin_id=job.plugin_id)
 
     def pause(self, plugin: str, job_key: str, reason: str | None = None) -> Job:
+        reason = check_text(reason, "reason")
         job = self.store.pause_job(self.job(plugin, job_key).id, reason=reason, now=self.clock.now())
         self.scheduler.wake()
         return job
@@ -220,15 +285,26 @@ class Host:
 
     def upcoming(self, count: int = 5, plugin: str | None = None,
                  after: datetime | None = None) -> list[tuple[Job, list[datetime]]]:
-        """The next *count* fire times of every active scheduled job."""
+        """The next *count* fire times of every active scheduled job (of *plugin*).
+
+        They start at each job's pointer (the slot the scheduler runs next,
+        which may be overdue), or strictly after *after* when it is given.
+        """
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
-            raise ConfigurationError(f"count must be an integer between 1 and 1000, not {count!r}")
+            raise InvalidArgument(
+                f"count must be an integer between 1 and 1000, not {shown(count)}")
+        if after is not None:
+            if not isinstance(after, datetime):
+                raise InvalidArgument(f"after must be a datetime, not {shown(after)}")
+            if after.tzinfo is None or after.utcoffset() is None:
+                raise InvalidArgument(f"after must be timezone-aware, not the naive {after!r}")
         start = after or self.clock.now()
         out = []
         for job in self.jobs(plugin):
             if job.status.value != "active" or not job.schedule:
                 continue
-            first = job.next_run_at or cron.next_after(job.schedule, start, job.timezone)
+            first = ((after is None and job.next_run_at)
+                     or cron.next_after(job.schedule, start, job.timezone))
             times = [first] + cron.preview(job.schedule, first, count - 1, job.timezone)
             out.append((job, times[:count]))
         out.sort(key=lambda pair: pair[1][0])

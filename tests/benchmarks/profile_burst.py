@@ -1,0 +1,270 @@
+"""Where a burst's time goes, per job: statements, calls, and a profile of every thread.
+
+    python tests/benchmarks/profile_burst.py                 # 2,000 jobs on a temporary SQLite file
+    python tests/benchmarks/profile_burst.py --jobs 5000 --database postgresql://postgres@127.0.0.1/test
+    python tests/benchmarks/profile_burst.py --save burst.pstats   # for snakeviz, pstats ...
+
+Two in-process runs of ``pjcore.bench.burst`` (the real Host, store,
+scheduler and runner):
+
+1. **counted**: every SQL statement and commit peewee sends is counted by
+   kind, and the run is timed without a profiler;
+2. **profiled**: cProfile in *every* thread (the scheduler loop and the
+   runner's workers, not only the main thread), merged. cProfile slows
+   Python code down (about 2x here), so read its figures as shares.
+
+From the profile it derives per-job call counts of the hot-path functions and
+splits peewee's cost into building SQL (``Database.execute`` minus
+``execute_sql``), running it (``execute_sql``) and reading rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import inspect
+import io
+import os
+import pstats
+import shutil
+import sys
+import tempfile
+import threading
+from collections import Counter
+
+import peewee as pw
+
+from pjcore import bench
+
+#: (label, module file suffix, function name): hot-path functions whose
+#: calls per job are reported
+HOT = [
+    ("scheduler tick", "scheduler.py", "_tick"),
+    ("scheduler wake-up computation", "scheduler.py", "_compute_wake_at"),
+    ("store.due_jobs", "peewee_store.py", "due_jobs"),
+    ("store.next_due_at", "peewee_store.py", "next_due_at"),
+    ("store.claim_slot", "peewee_store.py", "claim_slot"),
+    ("store.mark_running", "peewee_store.py", "mark_running"),
+    ("store.complete_run", "peewee_store.py", "complete_run"),
+    ("store.get_run", "peewee_store.py", "get_run"),
+    ("row -> Job", "peewee_store.py", "_job"),
+    ("row -> JobRun", "peewee_store.py", "_run"),
+    ("plan_slots", "slots.py", "plan_slots"),
+    ("CronSchedule.next_after", "cron.py", "next_after"),
+    ("croniter.get_next", "croniter.py", "get_next"),
+    ("runner.submit", "runner.py", "submit"),
+    ("scheduler.wake", "scheduler.py", "wake"),
+    ("loguru logger.bind", "_logger.py", "bind"),
+    ("plugin hook call (notify)", "plugins.py", "notify"),
+]
+
+
+# -- statement counting -----------------------------------------------------------
+
+
+class StatementCounter:
+    """Counts what peewee sends to the database, by first keyword, in every thread."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self._lock = threading.Lock()
+        self._saved = None
+
+    #: (class, method, kind): execute_sql carries every statement but the
+    #: transaction control, which peewee sends through the cursor directly
+    PATCHED = [(pw.Database, "execute_sql", None), (pw.Database, "commit", "COMMIT"),
+               (pw.Database, "rollback", "ROLLBACK"), (pw.Database, "begin", "BEGIN"),
+               (pw.SqliteDatabase, "begin", "BEGIN"), (pw.PostgresqlDatabase, "begin", "BEGIN")]
+
+    def __enter__(self) -> "StatementCounter":
+        self._saved = []
+        for cls, name, kind in self.PATCHED:
+            original = cls.__dict__[name]
+            self._saved.append((cls, name, original))
+            setattr(cls, name, self._counting(original, kind))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for cls, name, original in reversed(self._saved):
+            setattr(cls, name, original)
+
+    def _counting(self, original, kind):
+        def counted(db, *args, **kwargs):
+            self._add(kind or args[0].lstrip().split(None, 1)[0].upper())
+            return original(db, *args, **kwargs)
+
+        return counted
+
+    def _add(self, kind: str) -> None:
+        with self._lock:
+            self.counts[kind] += 1
+
+
+# -- profiling every thread ---------------------------------------------------------
+
+
+class AllThreadsProfile:
+    """cProfile in the current thread and in every thread started meanwhile.
+
+    cProfile hooks only the thread that enables it; ``threading.setprofile``
+    runs a function at the start of each new thread, which enables a profiler
+    of its own there.
+    """
+
+    def __init__(self) -> None:
+        self.profiles: list[cProfile.Profile] = []
+        self._lock = threading.Lock()
+
+    def _new(self) -> cProfile.Profile:
+        profile = cProfile.Profile()
+        with self._lock:
+            self.profiles.append(profile)
+        return profile
+
+    def _thread_start(self, *_args) -> None:
+        sys.setprofile(None)
+        self._new().enable()
+
+    def __enter__(self) -> "AllThreadsProfile":
+        threading.setprofile(self._thread_start)
+        self._main = self._new()
+        self._main.enable()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._main.disable()
+        threading.setprofile(None)
+
+    def stats(self) -> pstats.Stats:
+        stats = pstats.Stats(self.profiles[0], stream=io.StringIO())
+        for profile in self.profiles[1:]:
+            stats.add(profile)
+        return stats
+
+
+def _calls(stats: pstats.Stats, file_suffix: str, name: str) -> tuple[int, float, float]:
+    """Calls (primitive), own time and cumulative time of matching functions."""
+    calls, tot, cum = 0, 0.0, 0.0
+    for (path, _line, func), (cc, _nc, tt, ct, _callers) in stats.stats.items():
+        if func == name and path.endswith(file_suffix):
+            calls, tot, cum = calls + cc, tot + tt, cum + ct
+    return calls, tot, cum
+
+
+def _at(stats: pstats.Stats, function) -> tuple[int, float, float]:
+    """Like :func:`_calls` for one function object (by file and first line)."""
+    path = inspect.getsourcefile(function)
+    line = inspect.getsourcelines(function)[1]
+    for (p, ln, _f), (cc, _nc, tt, ct, _callers) in stats.stats.items():
+        if p == path and ln == line:
+            return cc, tt, ct
+    return 0, 0.0, 0.0
+
+
+def _builtin(stats: pstats.Stats, name: str) -> tuple[int, float]:
+    for (path, _line, func), (cc, _nc, tt, _ct, _callers) in stats.stats.items():
+        if path == "~" and func == name:
+            return cc, tt
+    return 0, 0.0
+
+
+#: builtins whose time is a thread blocked, not work
+WAITING = {
+    "<method 'acquire' of '_thread.lock' objects>",
+    "<method 'acquire' of '_thread.RLock' objects>",
+    "<built-in method time.sleep>",
+    "<method 'get' of '_queue.SimpleQueue' objects>",  # idle pool workers
+}
+
+
+def _short(path: str) -> str:
+    """``site-packages/peewee.py`` -> ``peewee.py``; ``.../pjcore/x.py`` -> ``pjcore/x.py``."""
+    parts = path.replace(os.sep, "/").split("/")
+    for anchor in ("pjcore", "contrib"):
+        if anchor in parts[:-1]:
+            return "/".join(parts[len(parts) - 1 - parts[::-1].index(anchor):])
+    return parts[-1]
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--database", help="default: a temporary SQLite file")
+    parser.add_argument("--max-concurrent", type=int, default=10)
+    parser.add_argument("--top", type=int, default=25, help="functions listed by own time")
+    parser.add_argument("--save", metavar="PATH", help="write the merged profile (pstats format)")
+    args = parser.parse_args(argv)
+
+    workdir = tempfile.mkdtemp(prefix="pjcore-profile-")
+    settings = bench.Settings(jobs=args.jobs, max_concurrent=args.max_concurrent)
+    n = args.jobs
+
+    def target(name: str) -> bench.Target:
+        return bench.Target(args.database or f"sqlite:///{workdir}/{name}.db")
+
+    try:
+        # both instruments see the burst only (from the Host's start to the
+        # last run recorded), not the setup that stores the jobs
+        counter, profiler = StatementCounter(), AllThreadsProfile()
+        plain = bench.burst(settings, target("counted"), around=lambda: counter)
+        profiled = bench.burst(settings, target("profiled"), around=lambda: profiler)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        # (a --database keeps the bench tables: they have unique prefixes)
+    stats = profiler.stats()
+
+    out = []
+    out.append(f"burst of {n:,} jobs, {args.database or 'temporary SQLite file'}, "
+               f"max_concurrent {args.max_concurrent}; Python {sys.version.split()[0]}, "
+               f"{os.cpu_count()} CPUs")
+    out.append(f"counted run: {plain['throughput']:,.0f} jobs/s, {plain['cpu_per_job_us']:,.0f} us "
+               f"CPU per job; profiled run: {profiled['throughput']:,.0f} jobs/s")
+    out.append("")
+    out.append("statements per job (BEGIN and COMMIT included):")
+    total = sum(counter.counts.values())
+    for kind, count in counter.counts.most_common():
+        out.append(f"  {kind:<10} {count / n:6.2f}")
+    out.append(f"  {'total':<10} {total / n:6.2f}")
+    out.append("")
+    out.append("calls per job (profiled run), own and cumulative time per job:")
+    for label, suffix, name in HOT:
+        calls, tot, cum = _calls(stats, suffix, name)
+        out.append(f"  {label:<32} {calls / n:7.2f}   own {tot / n * 1e6:7.1f} us   "
+                   f"cum {cum / n * 1e6:8.1f} us")
+    execute = _at(stats, pw.Database.execute)
+    execute_sql = _at(stats, pw.Database.execute_sql)
+    cursor_calls, cursor_time = _builtin(stats, "<method 'execute' of 'sqlite3.Cursor' objects>")
+    pg_calls, pg_time = _builtin(stats, "<method 'execute' of 'psycopg2.extensions.cursor' objects>")
+    db_calls, db_time = (cursor_calls + pg_calls, cursor_time + pg_time)
+    commit_calls, commit_time = _builtin(stats, "<method 'commit' of 'sqlite3.Connection' objects>")
+    out.append("")
+    out.append("peewee, per job (profiled): building SQL (Database.execute minus execute_sql) "
+               f"{(execute[2] - execute_sql[2]) / n * 1e6:.0f} us; execute_sql "
+               f"{execute_sql[2] / n * 1e6:.0f} us, of which the driver's execute() "
+               f"{db_time / n * 1e6:.0f} us ({db_calls / n:.1f} calls) and sqlite commit "
+               f"{commit_time / n * 1e6:.0f} us")
+    out.append("")
+    out.append(f"top {args.top} by own time (threads waiting on locks and events left out), "
+               "per job:")
+    out.append(f"  {'calls':>7}  {'own us':>8}  {'cum us':>8}  function")
+    rows = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)
+    shown = 0
+    for (path, line, func), (cc, _nc, tt, ct, _callers) in rows:
+        if func in WAITING:
+            continue
+        where = func if path == "~" else f"{_short(path)}:{line}({func})"
+        out.append(f"  {cc / n:7.2f}  {tt / n * 1e6:8.1f}  {ct / n * 1e6:8.1f}  {where}")
+        shown += 1
+        if shown >= args.top:
+            break
+    print("\n".join(out))
+    if args.save:
+        stats.dump_stats(args.save)
+    return 0 if plain["ran_exactly_once"] and profiled["ran_exactly_once"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
