@@ -16,7 +16,7 @@ def _memory_store(url: str | None = None, **options: Any):
 def _peewee_store(url: str | None = None, **options: Any):
     from pjcore.contrib.peewee_store import PeeweeJobStore
 
-    return PeeweeJobStore(url or "sqlite:///pjcore.db", **options)
+    return PeeweeJobStore("sqlite:///pjcore.db" if url is None else url, **options)
 
 
 def _thread_scheduler(**options: Any):

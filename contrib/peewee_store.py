@@ -24,6 +24,7 @@ import attrs
 import peewee as pw
 from loguru import logger
 from playhouse.migrate import SchemaMigrator
+from playhouse.pool import MaxConnectionsExceeded, PooledDatabase, PooledPostgresqlDatabase
 
 from pjcore.exceptions import (
     InvalidArgument,
@@ -67,11 +68,20 @@ PREFIX_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,20}$")
 SQLITE_PRAGMAS = {"journal_mode": "wal", "foreign_keys": 1, "synchronous": "normal"}
 SQLITE_TIMEOUT = 10.0  # seconds a writer waits for the lock (busy_timeout)
 PG_CONNECT_TIMEOUT = 10
+#: PostgreSQL connections a store keeps at most (store option ``pool_size``).
+#: An operation borrows one and returns it when done, so a process needs
+#: this many whatever its thread count: runner threads that each kept a
+#: connection of their own would exhaust the server's max_connections with a
+#: few schedulers, and a thread refused a connection would never get one back.
+PG_POOL_SIZE = 10
+#: seconds an operation waits for a free pooled connection (``pool_timeout``)
+PG_POOL_TIMEOUT = 10.0
 _NON_TERMINAL = [s.value for s in NON_TERMINAL]
 _TERMINAL = [s.value for s in RunStatus if s.terminal]
 _CHUNK = 60  # rows or ids per statement: under 999 bound parameters (old SQLite builds)
 
-_DB_ERRORS: tuple[type[BaseException], ...] = (pw.PeeweeException, sqlite3.Error)
+_DB_ERRORS: tuple[type[BaseException], ...] = (pw.PeeweeException, sqlite3.Error,
+                                                MaxConnectionsExceeded)
 try:
     import psycopg2
 
@@ -258,7 +268,7 @@ def _sqlite_database(url: str, parts, options: dict[str, Any]) -> pw.SqliteDatab
     path = unquote(parts.path[1:])
     if not path or path == ":memory:" or path.startswith("file:"):
         raise ConfigurationError(
-            f"SQLite URL {url!r} must name a database file "
+            f"SQLite URL {_redact(url)!r} must name a database file "
             "(for a store in memory use the 'memory' backend)"
         )
     unknown = set(options) - {"timeout", "pragmas"}
@@ -276,7 +286,19 @@ def _sqlite_database(url: str, parts, options: dict[str, Any]) -> pw.SqliteDatab
     )
 
 
+def _pool_option(options: dict[str, Any], name: str, default: float, kind: type) -> Any:
+    value = options.pop(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or (kind is int and not isinstance(value, int)):
+        noun = "a positive integer" if kind is int else "a positive number of seconds"
+        raise ConfigurationError(f"store option {name} must be {noun}, not {value!r}")
+    return value
+
+
 def _postgres_database(url: str, parts, options: dict[str, Any]) -> pw.PostgresqlDatabase:
+    options = dict(options)
+    pool_size = _pool_option(options, "pool_size", PG_POOL_SIZE, int)
+    pool_timeout = _pool_option(options, "pool_timeout", PG_POOL_TIMEOUT, float)
     if psycopg2 is None:
         try:
             import psycopg  # noqa: F401  (peewee can use psycopg 3 as well)
@@ -305,7 +327,8 @@ def _postgres_database(url: str, parts, options: dict[str, Any]) -> pw.Postgresq
         if value is not None:
             params[key] = unquote(value) if isinstance(value, str) else value
     params.update(options)
-    return pw.PostgresqlDatabase(dbname, **params)
+    return PooledPostgresqlDatabase(dbname, max_connections=pool_size, timeout=pool_timeout,
+                                    **params)
 
 
 def _open_database(url: str, options: dict[str, Any]) -> pw.Database:
@@ -384,7 +407,9 @@ def _operation(fn):
             # The transaction (if any) has been left by now: make sure this
             # thread's next operation starts on a clean connection.
             self._drop_broken_connection()
-            raise self._store_error(fn.__name__, exc) from exc
+            raise self._store_error(fn.__name__, exc) from _detached(exc)
+        finally:
+            self._release()
 
     return wrapper
 
@@ -397,6 +422,20 @@ def _pg_transaction_status(conn: Any) -> int:
     if hasattr(conn, "get_transaction_status"):  # psycopg2
         return conn.get_transaction_status()
     return int(conn.info.transaction_status)  # psycopg 3
+
+
+def _detached(exc: BaseException) -> BaseException:
+    """*exc*, and the exceptions chained to it, without the frames they were
+    raised through: the locals of the driver's and peewee's connection frames
+    hold the password (connect parameters, DSN), and a logger that shows
+    variables (loguru's diagnose mode) would print them with the cause."""
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        link.__traceback__ = None
+        link = link.__cause__ or link.__context__
+    return exc
 
 
 def _chunks(items: Sequence[Any]):
@@ -448,6 +487,8 @@ class PeeweeJobStore(BaseJobStore):
             )
         self._db = db
         self._pg = self.engine == "postgresql"
+        self._pooled = isinstance(db, PooledDatabase)
+        self._pool_size = getattr(db, "_max_connections", None) or 1
         self.table_prefix = table_prefix
         self._password = db.connect_params.get("password")
         self._Job, self._Run, self._Schema = _define_models(db, table_prefix, self._pg)
@@ -512,6 +553,15 @@ class PeeweeJobStore(BaseJobStore):
         if not db.is_closed():
             return
         db.connect()
+        if self._pooled:
+            # Pooled connections sat idle too: after a restart every one of
+            # them is dead. Discard them until a live (or new) one comes.
+            for _ in range(self._pool_size):
+                if not self._server_hung_up(db.connection()):
+                    break
+                self._discard_connection()
+                db.connect()
+            return
         if not self._owned:
             return
         me = threading.current_thread()
@@ -524,6 +574,15 @@ class PeeweeJobStore(BaseJobStore):
                     self._close_raw(conn)
             alive.append((me, db.connection()))
             self._conns = alive
+
+    def _release(self) -> None:
+        """Give this thread's connection back to the pool between operations."""
+        db = self._db
+        if self._pooled and not db.is_closed() and not db.in_transaction():
+            try:
+                db.close()  # to the pool, unless it is not reusable
+            except Exception:  # a broken connection: forget it
+                self._discard_connection()
 
     @staticmethod
     def _server_hung_up(conn: Any) -> bool:
@@ -552,7 +611,10 @@ class PeeweeJobStore(BaseJobStore):
     def _discard_connection(self) -> None:
         """Forget this thread's connection; the next operation opens a new one."""
         try:
-            self._db.close()  # resets the thread's state even when close fails
+            if self._pooled:
+                self._db.manual_close()  # closed for good, not back to the pool
+            else:
+                self._db.close()  # resets the thread's state even when close fails
         except Exception:  # a dead connection may refuse to close cleanly
             pass
 
@@ -593,41 +655,46 @@ class PeeweeJobStore(BaseJobStore):
     def _migrate(self) -> None:
         try:
             self._connect()
-            migrations = list(MIGRATIONS)
-            known = {m.name for m in migrations}
-            Schema = self._Schema
+            self._apply_migrations()
+        except _DB_ERRORS as exc:
+            raise self._store_error("migration", exc) from _detached(exc)
+        finally:
+            self._release()
 
-            def applied() -> set[str]:
-                self._advisory_lock("pjcore-schema", self.table_prefix)
-                Schema.create_table(safe=True)
-                names = {name for (name,) in Schema.select(Schema.name).tuples()}
-                newer = sorted(names - known)
-                if newer:
-                    raise StoreError(
-                        f"{self._label}: schema is newer than this pjcore: the database "
-                        f"records migration(s) {', '.join(newer)} that this version does "
-                        "not know; upgrade pjcore"
-                    )
-                return names
+    def _apply_migrations(self) -> None:
+        migrations = list(MIGRATIONS)
+        known = {m.name for m in migrations}
+        Schema = self._Schema
 
+        def applied() -> set[str]:
+            self._advisory_lock("pjcore-schema", self.table_prefix)
+            Schema.create_table(safe=True)
+            names = {name for (name,) in Schema.select(Schema.name).tuples()}
+            newer = sorted(names - known)
+            if newer:
+                raise StoreError(
+                    f"{self._label}: schema is newer than this pjcore: the database "
+                    f"records migration(s) {', '.join(newer)} that this version does "
+                    "not know; upgrade pjcore"
+                )
+            return names
+
+        with self._write():
+            done = applied()
+        for migration in migrations:
+            if migration.name in done:
+                continue
             with self._write():
-                done = applied()
-            for migration in migrations:
+                done = applied()  # another process may have applied it meanwhile
                 if migration.name in done:
                     continue
-                with self._write():
-                    done = applied()  # another process may have applied it meanwhile
-                    if migration.name in done:
-                        continue
-                    migration.apply(self._migration_context())
-                    Schema.insert(
-                        name=migration.name, applied_at=to_micros(datetime.now(timezone.utc))
-                    ).execute()
-                    done = done | {migration.name}
-                    logger.debug("{}: applied migration {}", self._label, migration.name)
-            self.schema_version = len(done)
-        except _DB_ERRORS as exc:
-            raise self._store_error("migration", exc) from exc
+                migration.apply(self._migration_context())
+                Schema.insert(
+                    name=migration.name, applied_at=to_micros(datetime.now(timezone.utc))
+                ).execute()
+                done = done | {migration.name}
+                logger.debug("{}: applied migration {}", self._label, migration.name)
+        self.schema_version = len(done)
 
     def _migration_context(self) -> MigrationContext:
         return MigrationContext(
@@ -646,7 +713,9 @@ class PeeweeJobStore(BaseJobStore):
             return
         self._closed = True
         try:
-            if not self._db.is_closed() and not self._db.in_transaction():
+            if self._pooled and self._owned:
+                self._db.close_all()
+            elif not self._db.is_closed() and not self._db.in_transaction():
                 self._db.close()
         except Exception:
             pass

@@ -74,6 +74,7 @@ __all__ = [
     "add_arguments",
     "Target",
     "burst",
+    "drop_tables",
     "idle_and_query",
     "main",
     "measure",
@@ -159,10 +160,11 @@ def _noop(ctx: Any) -> None:
 
 
 class _BenchPlugin:
-    """Registers a no-op handler for every bench job and counts finished runs."""
+    """Registers a no-op handler for each of the *jobs* bench jobs and counts
+    finished runs."""
 
-    def __init__(self, keys: Sequence[tuple[str, str]], expected: int, clock) -> None:
-        self._keys = keys
+    def __init__(self, jobs: int, expected: int, clock) -> None:
+        self._jobs = jobs
         self._expected = expected
         self._clock = clock
         self._lock = threading.Lock()
@@ -174,8 +176,9 @@ class _BenchPlugin:
 
     @hookimpl
     def register_job_handlers(self, register) -> None:
-        for plugin_key, job_key in self._keys:
-            register(plugin_key, job_key, _noop)
+        for _, plugin_key, numbers in _layout(self._jobs):
+            for n in numbers:
+                register(plugin_key, _job_key(n), _noop)
 
     @hookimpl
     def run_finished(self, run, job) -> None:
@@ -193,21 +196,33 @@ def _daily_at(slot: datetime) -> str:
     return f"{slot.second} {slot.minute} {slot.hour} * * *"
 
 
-def _plugins(count: int, schedule: str, tag: str = "b") -> list[tuple[str, str, dict]]:
-    """``(plugin_id, plugin_key, manifest)`` for *count* jobs, as few plugins as
-    the manifest limit (:data:`~pjcore.manifest.MAX_JOBS`) allows."""
-    out = []
+def _layout(count: int) -> Iterator[tuple[str, str, range]]:
+    """``(plugin_id, plugin_key, job numbers)``: *count* jobs in as few plugins
+    as the manifest limit (:data:`~pjcore.manifest.MAX_JOBS`) allows."""
     for index, start in enumerate(range(0, count, MAX_JOBS)):
-        key = f"bench.{tag}{index}"
-        jobs = [{"job_key": f"j{n:06d}", "display_name": f"bench job {n}",
-                 "schedule": schedule, "timezone": "UTC"}
-                for n in range(start, min(count, start + MAX_JOBS))]
-        out.append((f"bench-{tag}{index}", key, {"key": key, "version": "1", "jobs": jobs}))
-    return out
+        yield f"bench-{index}", f"bench.p{index}", range(start, min(count, start + MAX_JOBS))
 
 
-def _keys(plugins: Sequence[tuple[str, str, dict]]) -> list[tuple[str, str]]:
-    return [(key, job["job_key"]) for _, key, manifest in plugins for job in manifest["jobs"]]
+def _job_key(n: int) -> str:
+    return f"j{n:06d}"
+
+
+def _manifests(count: int, schedule: str) -> Iterator[tuple[str, str, dict]]:
+    """``(plugin_id, plugin_key, manifest)`` per plugin; built one at a time, so
+    the bench's own data does not weigh on the memory figures."""
+    for plugin_id, plugin_key, numbers in _layout(count):
+        jobs = [{"job_key": _job_key(n), "display_name": f"bench job {n}",
+                 "schedule": schedule, "timezone": "UTC"} for n in numbers]
+        yield plugin_id, plugin_key, {"key": plugin_key, "version": "1", "jobs": jobs}
+
+
+def _load(host, count: int, schedule: str) -> list[str]:
+    """Sync *count* jobs through ``plugin_loaded``; the plugin ids."""
+    ids = []
+    for plugin_id, plugin_key, manifest in _manifests(count, schedule):
+        host.load_plugin(plugin_id, plugin_key, manifest)
+        ids.append(plugin_id)
+    return ids
 
 
 def _host(target: Target, settings: Settings, plugin: _BenchPlugin, clock=None):
@@ -310,12 +325,10 @@ def burst(settings: Settings, target: Target,
     n = settings.jobs
     clock = FastForwardClock()
     slot = _next_second(clock.now() + SETUP_HORIZON)
-    plugins = _plugins(n, _daily_at(slot))
-    observer = _BenchPlugin(_keys(plugins), expected=n, clock=clock)
+    observer = _BenchPlugin(n, expected=n, clock=clock)
     host = _host(target, settings, observer, clock)
     try:
-        for plugin_id, plugin_key, manifest in plugins:
-            host.load_plugin(plugin_id, plugin_key, manifest)
+        plugin_ids = _load(host, n, _daily_at(slot))
         rss_before = rss_mib()
         reset = reset_peak_rss()
         with around() if around else contextlib.nullcontext():
@@ -329,7 +342,7 @@ def burst(settings: Settings, target: Target,
             raise RuntimeError(f"burst: only {observer.finished} of {n} runs finished "
                                f"within {settings.timeout:g}s")
         host.scheduler.stop(10)  # nothing more is due; keep the store open to read it
-        runs = [r for plugin_id, _, _ in plugins for r in _all_runs(host, plugin_id)]
+        runs = [r for plugin_id in plugin_ids for r in _all_runs(host, plugin_id)]
         jobs = host.jobs()
     finally:
         host.stop(10)
@@ -377,13 +390,10 @@ def idle_and_query(settings: Settings, target: Target) -> dict:
     clock = SystemClock()
     # half a day ahead: nothing becomes due while measuring
     slot = _next_second(clock.now() + timedelta(hours=12))
-    plugins = _plugins(m, _daily_at(slot))
-    plugin_ids = [plugin_id for plugin_id, _, _ in plugins]
-    host = _host(target, settings, _BenchPlugin(_keys(plugins), expected=0, clock=clock), clock)
+    host = _host(target, settings, _BenchPlugin(m, expected=0, clock=clock), clock)
     out: dict[str, Any] = {"stored": m}
     try:
-        for plugin_id, plugin_key, manifest in plugins:
-            host.load_plugin(plugin_id, plugin_key, manifest)
+        plugin_ids = _load(host, m, _daily_at(slot))
         if "query" in settings.scenarios:
             store, q, limit = host.store, settings.queries, settings.max_concurrent
             now = clock.now()
@@ -423,6 +433,7 @@ def idle_and_query(settings: Settings, target: Target) -> dict:
                 rss_before_start_mib=rss_before,
                 rss_mib=rss_mib(),
             )
+            out["rss_growth_mib"] = round(out["rss_mib"] - rss_before, 1)
     finally:
         host.stop(10)
     return out
@@ -433,11 +444,10 @@ def sync(settings: Settings, target: Target) -> dict:
     k = settings.manifest_jobs
     clock = SystemClock()
     slot = _next_second(clock.now() + timedelta(hours=12))
-    (plugin_id, plugin_key, manifest), = _plugins(k, _daily_at(slot))
+    (plugin_id, plugin_key, manifest), = _manifests(k, _daily_at(slot))
     changed = {**manifest, "jobs": [{**job, "schedule": _daily_at(slot + timedelta(minutes=1))}
                                     for job in manifest["jobs"]]}
-    host = _host(target, settings, _BenchPlugin(_keys([(plugin_id, plugin_key, manifest)]),
-                                                expected=0, clock=clock), clock)
+    host = _host(target, settings, _BenchPlugin(k, expected=0, clock=clock), clock)
     out: dict[str, Any] = {"manifest_jobs": k}
     try:
         for name, body in (("new", manifest), ("unchanged", manifest), ("changed", changed)):
@@ -480,6 +490,8 @@ def _figures(settings: Settings) -> list[Figure]:
                "", "idle"),
         Figure("stored", "tick_ms", f"idle {m} stored: one tick, nothing due", "ms", "idle"),
         Figure("stored", "rss_mib", f"idle {m} stored: RSS", "MiB", "idle"),
+        Figure("stored", "rss_growth_mib", f"idle {m} stored: RSS added by the running loop",
+               "MiB", "idle"),
         Figure("sync", "new_ms", f"sync {k}: plugin_loaded, new jobs", "ms", "sync"),
         Figure("sync", "unchanged_ms", f"sync {k}: plugin_loaded, unchanged", "ms", "sync"),
         Figure("sync", "changed_ms", f"sync {k}: plugin_loaded, schedules changed", "ms", "sync"),
@@ -523,7 +535,8 @@ def run_isolated(worker: str, settings: Settings, target: Target) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _drop(target: Target) -> None:
+def drop_tables(target: Target) -> None:
+    """Drop the tables a repetition wrote (the peewee store's ``drop_tables``)."""
     from pjcore.contrib.peewee_store import PeeweeJobStore
 
     store = PeeweeJobStore(target.url, table_prefix=target.table_prefix)
@@ -581,7 +594,7 @@ def measure(settings: Settings, progress: Callable[[str], None] = lambda line: N
                     # a temporary folder goes as a whole; the user's database
                     # keeps nothing of ours
                     if settings.database and not settings.keep:
-                        _drop(target)
+                        drop_tables(target)
                 result["table_prefix"] = target.table_prefix
                 result["database"] = _redact(url)
                 raw[worker].append(result)

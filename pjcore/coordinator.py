@@ -20,7 +20,35 @@ __all__ = ["Coordinator"]
 MAX_PLUGIN_ID = 200
 
 
+MAX_REASON = 2000
+
+
+def _check_plugin_key(plugin_key: Any) -> None:
+    if not isinstance(plugin_key, str) or not plugin_key.strip():
+        raise ManifestError(f"plugin_key must be a non-empty string, not {type(plugin_key).__name__}",
+                            field="plugin_key")
+    if len(plugin_key) > MAX_PLUGIN_ID or "\x00" in plugin_key:
+        raise ManifestError(f"plugin_key must be at most {MAX_PLUGIN_ID} characters, without NUL",
+                            field="plugin_key")
+
+
+def _check_reason(reason: Any, plugin_key: str) -> None:
+    if reason is None:
+        return
+    if not isinstance(reason, str) or len(reason) > MAX_REASON or "\x00" in reason:
+        raise ManifestError(f"reason must be a string of at most {MAX_REASON} characters "
+                            "without NUL, or None", plugin=plugin_key, field="reason")
+
+
+def _check_remove_data(remove_data: Any, plugin_key: str) -> None:
+    # "no" is truthy: anything but a real bool could delete a plugin's data
+    if not isinstance(remove_data, bool):
+        raise ManifestError(f"remove_data must be True or False, not {remove_data!r:.40}",
+                            plugin=plugin_key, field="remove_data")
+
+
 def _check_plugin_id(plugin_id: Any, plugin_key: Any) -> None:
+    _check_plugin_key(plugin_key)
     if not isinstance(plugin_id, str) or not plugin_id.strip():
         raise ManifestError("plugin_id must be a non-empty string",
                             plugin=plugin_key if isinstance(plugin_key, str) else None,
@@ -68,11 +96,13 @@ class Coordinator:
     @hookimpl
     def plugin_disabled(self, plugin_id: str, plugin_key: str, reason: str | None) -> None:
         _check_plugin_id(plugin_id, plugin_key)
+        _check_reason(reason, plugin_key)
         self.scheduler.unregister_plugin(plugin_id, reason or "Plugin disabled")
 
     @hookimpl
     def plugin_unloaded(self, plugin_id: str, plugin_key: str, remove_data: bool) -> None:
         _check_plugin_id(plugin_id, plugin_key)
+        _check_remove_data(remove_data, plugin_key)
         # Unregister first: if it fails (store down) the purge is not attempted,
         # so runs are never deleted while their handlers may still record them.
         self.scheduler.unregister_plugin(

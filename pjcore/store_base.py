@@ -157,7 +157,10 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     head, sep, run_id = cursor.partition(":")
     if not sep or not run_id or not head.lstrip("-").isdigit() or len(cursor) > 200:
         raise InvalidArgument(f"malformed cursor {cursor[:60]!r}")
-    return int(head), run_id
+    micros = int(head)
+    if not -(2**63) <= micros < 2**63:  # the stores keep instants in 64-bit columns
+        raise InvalidArgument(f"malformed cursor {cursor[:60]!r}")
+    return micros, run_id
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

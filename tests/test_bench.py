@@ -21,6 +21,7 @@ FIGURES = {
     "burst.throughput", "burst.lateness_median_ms", "burst.lateness_p99_ms",
     "burst.cpu_per_job_us", "burst.peak_rss_mib",
     "idle.cpu_percent", "idle.ticks", "idle.tick_ms", "idle.rss_mib",
+    "idle.rss_growth_mib",
     "sync.new_ms", "sync.unchanged_ms", "sync.changed_ms",
     "query.due_none_ms", "query.due_all_ms", "query.next_due_ms",
 }

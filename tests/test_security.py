@@ -569,9 +569,7 @@ def test_reprs_never_show_the_password(password_url):
     (f"postgresql://u:{SECRET}@127.0.0.1:5432/x?bogus_option=1", StoreError),
     (f"postgresql://u@127.0.0.1:abc/x?password={SECRET}", ConfigurationError),
     (f"mysql://u@127.0.0.1/x?PassWord={SECRET}", ConfigurationError),
-    pytest.param(f"sqlite:///?password={SECRET}", ConfigurationError, marks=pytest.mark.xfail(
-        strict=True, reason="contrib/peewee_store.py _sqlite_database quotes {url!r} "
-        "without _redact() when the path is missing")),
+    (f"sqlite:///?password={SECRET}", ConfigurationError),
 ])
 def test_errors_for_bad_or_unreachable_urls_never_show_the_password(url, error):
     with pytest.raises(error) as info:
@@ -595,13 +593,8 @@ def log_lines(request):
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("log_lines", [
-    pytest.param(False, id="plain"),
-    pytest.param(True, id="diagnose", marks=pytest.mark.xfail(
-        strict=True, reason="contrib/peewee_store.py chains the driver's exception with its "
-        "frames, whose locals (peewee's connect_params, psycopg2's DSN) hold the password "
-        "and are printed by loguru's diagnose mode; chain it without its traceback")),
-], indirect=True)
+@pytest.mark.parametrize("log_lines", [pytest.param(False, id="plain"),
+                                       pytest.param(True, id="diagnose")], indirect=True)
 def test_logs_never_show_the_password(password_url, postgres_url, log_lines):
     import psycopg2
 
@@ -610,13 +603,13 @@ def test_logs_never_show_the_password(password_url, postgres_url, log_lines):
         Host(with_password(postgres_url, port=1), load_entrypoints=False)
     # a scheduler whose database goes away: its ticks fail and are logged
     prefix, tag = f"pjt_{uuid.uuid4().hex[:8]}_", f"pjcore-test-{uuid.uuid4().hex[:8]}"
-    host = Host(password_url, load_entrypoints=False,
-                store_options={"table_prefix": prefix, "application_name": tag},
-                scheduler_options={"max_idle": 0.1})
+    host = Host(password_url, plugins=[Handlers()], load_entrypoints=False,
+                store_options={"table_prefix": prefix, "application_name": tag})
     try:
         host.start()
+        # due every second, so the loop goes to the store every second
         host.load_plugin(A_ID, A_KEY, {"key": A_KEY, "jobs": [
-            {"job_key": "sync", "display_name": "Sync", "schedule": "*/5 * * * *"}]})
+            {"job_key": "sync", "display_name": "Sync", "schedule": "* * * * * *"}]})
         host.store.database.connect_params["port"] = 1  # reconnecting fails from now on
         admin = psycopg2.connect(postgres_url)
         try:

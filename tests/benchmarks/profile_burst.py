@@ -205,15 +205,18 @@ def main(argv: list[str] | None = None) -> int:
     def target(name: str) -> bench.Target:
         return bench.Target(args.database or f"sqlite:///{workdir}/{name}.db")
 
+    targets = {name: target(name) for name in ("counted", "profiled")}
     try:
         # both instruments see the burst only (from the Host's start to the
         # last run recorded), not the setup that stores the jobs
         counter, profiler = StatementCounter(), AllThreadsProfile()
-        plain = bench.burst(settings, target("counted"), around=lambda: counter)
-        profiled = bench.burst(settings, target("profiled"), around=lambda: profiler)
+        plain = bench.burst(settings, targets["counted"], around=lambda: counter)
+        profiled = bench.burst(settings, targets["profiled"], around=lambda: profiler)
     finally:
+        if args.database:
+            for each in targets.values():
+                bench.drop_tables(each)
         shutil.rmtree(workdir, ignore_errors=True)
-        # (a --database keeps the bench tables: they have unique prefixes)
     stats = profiler.stats()
 
     out = []
