@@ -12,7 +12,8 @@ burst
     Every job must run exactly once; the store is checked afterwards.
 idle
     M stored jobs, none due, scheduler running: CPU used by the process over
-    ``--idle-seconds``, RSS, and how many ticks the loop made meanwhile.
+    ``--idle-seconds``, how many ticks the loop made meanwhile, the cost of
+    one tick, RSS and how much of it the running loop added.
 sync
     ``plugin_loaded`` for a manifest of K jobs: new jobs, the same manifest
     again, and a manifest whose schedules all changed.
@@ -49,7 +50,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -64,6 +64,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 from urllib.parse import urlsplit
 
+try:
+    import resource
+except ImportError:  # not on Windows: peak memory is then not reported
+    resource = None
+
 from pjcore.clock import SystemClock
 from pjcore.hookspecs import hookimpl
 from pjcore.manifest import MAX_JOBS
@@ -71,12 +76,14 @@ from pjcore.manifest import MAX_JOBS
 __all__ = [
     "FastForwardClock",
     "Settings",
-    "add_arguments",
     "Target",
+    "add_arguments",
     "burst",
+    "daily_at",
     "drop_tables",
     "idle_and_query",
     "main",
+    "manifests",
     "measure",
     "peak_rss_mib",
     "reset_peak_rss",
@@ -191,7 +198,7 @@ class _BenchPlugin:
                 self.done.set()
 
 
-def _daily_at(slot: datetime) -> str:
+def daily_at(slot: datetime) -> str:
     """A six-field cron (seconds first) firing every day at *slot*'s UTC time."""
     return f"{slot.second} {slot.minute} {slot.hour} * * *"
 
@@ -207,7 +214,7 @@ def _job_key(n: int) -> str:
     return f"j{n:06d}"
 
 
-def _manifests(count: int, schedule: str) -> Iterator[tuple[str, str, dict]]:
+def manifests(count: int, schedule: str) -> Iterator[tuple[str, str, dict]]:
     """``(plugin_id, plugin_key, manifest)`` per plugin; built one at a time, so
     the bench's own data does not weigh on the memory figures."""
     for plugin_id, plugin_key, numbers in _layout(count):
@@ -219,7 +226,7 @@ def _manifests(count: int, schedule: str) -> Iterator[tuple[str, str, dict]]:
 def _load(host, count: int, schedule: str) -> list[str]:
     """Sync *count* jobs through ``plugin_loaded``; the plugin ids."""
     ids = []
-    for plugin_id, plugin_key, manifest in _manifests(count, schedule):
+    for plugin_id, plugin_key, manifest in manifests(count, schedule):
         host.load_plugin(plugin_id, plugin_key, manifest)
         ids.append(plugin_id)
     return ids
@@ -272,12 +279,21 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_mib(since_reset: bool) -> float:
+def peak_rss_mib(since_reset: bool) -> float | None:
     """Peak resident memory since :func:`reset_peak_rss` (if it succeeded),
     else over the process's life."""
     kib = _proc_status_kib("VmHWM") if since_reset else None
-    if kib is None:  # ru_maxrss: the whole life; Linux reports KiB
-        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if kib is None:
+        return _lifetime_peak_mib()
+    return _mib(kib)
+
+
+def _lifetime_peak_mib() -> float | None:
+    if resource is None:
+        return None
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if sys.platform == "darwin":  # bytes there, KiB on Linux
+        kib /= 1024
     return _mib(kib)
 
 
@@ -328,7 +344,7 @@ def burst(settings: Settings, target: Target,
     observer = _BenchPlugin(n, expected=n, clock=clock)
     host = _host(target, settings, observer, clock)
     try:
-        plugin_ids = _load(host, n, _daily_at(slot))
+        plugin_ids = _load(host, n, daily_at(slot))
         rss_before = rss_mib()
         reset = reset_peak_rss()
         with around() if around else contextlib.nullcontext():
@@ -378,7 +394,7 @@ def burst(settings: Settings, target: Target,
         "rss_before_mib": rss_before,
         "peak_rss_mib": peak,
         "peak_rss_scope": "burst" if reset else "process",
-        "process_peak_rss_mib": _mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
+        "process_peak_rss_mib": _lifetime_peak_mib(),
     }
 
 
@@ -393,7 +409,7 @@ def idle_and_query(settings: Settings, target: Target) -> dict:
     host = _host(target, settings, _BenchPlugin(m, expected=0, clock=clock), clock)
     out: dict[str, Any] = {"stored": m}
     try:
-        plugin_ids = _load(host, m, _daily_at(slot))
+        plugin_ids = _load(host, m, daily_at(slot))
         if "query" in settings.scenarios:
             store, q, limit = host.store, settings.queries, settings.max_concurrent
             now = clock.now()
@@ -433,7 +449,8 @@ def idle_and_query(settings: Settings, target: Target) -> dict:
                 rss_before_start_mib=rss_before,
                 rss_mib=rss_mib(),
             )
-            out["rss_growth_mib"] = round(out["rss_mib"] - rss_before, 1)
+            if rss_before is not None:
+                out["rss_growth_mib"] = round(out["rss_mib"] - rss_before, 1)
     finally:
         host.stop(10)
     return out
@@ -444,8 +461,8 @@ def sync(settings: Settings, target: Target) -> dict:
     k = settings.manifest_jobs
     clock = SystemClock()
     slot = _next_second(clock.now() + timedelta(hours=12))
-    (plugin_id, plugin_key, manifest), = _manifests(k, _daily_at(slot))
-    changed = {**manifest, "jobs": [{**job, "schedule": _daily_at(slot + timedelta(minutes=1))}
+    (plugin_id, plugin_key, manifest), = manifests(k, daily_at(slot))
+    changed = {**manifest, "jobs": [{**job, "schedule": daily_at(slot + timedelta(minutes=1))}
                                     for job in manifest["jobs"]]}
     host = _host(target, settings, _BenchPlugin(k, expected=0, clock=clock), clock)
     out: dict[str, Any] = {"manifest_jobs": k}

@@ -488,6 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("plugins", cmd_plugins, "list plugins, including those that failed to load",
             database=None)
     p.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed to load")
+
+    from pjcore import bench
+
+    p = add("bench", bench.run, "measure this pjcore: burst throughput and lateness, idle CPU, "
+            "sync time, due-job query latency", database=None)
+    bench.add_arguments(p)
     return parser
 
 

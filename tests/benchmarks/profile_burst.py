@@ -15,7 +15,13 @@ scheduler and runner):
 
 From the profile it derives per-job call counts of the hot-path functions and
 splits peewee's cost into building SQL (``Database.execute`` minus
-``execute_sql``), running it (``execute_sql``) and reading rows.
+``execute_sql``) and running it (``execute_sql``).
+
+3. **serial**: the store calls a scheduler makes per job (``due_jobs`` per
+   page, ``claim_slot``, ``mark_running``, ``complete_run``, two ``get_run``
+   for the announcements) and ``plan_slots``, called one after another in one
+   thread: their cost without lock contention or thread handoffs. The gap
+   between its total and the burst's CPU per job is what the threads cost.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
+from datetime import timedelta
 
 import peewee as pw
 
@@ -186,6 +194,57 @@ def _short(path: str) -> str:
     return parts[-1]
 
 
+# -- the hot path, serially -------------------------------------------------------
+
+
+def serial_ops(n: int, target: bench.Target, page: int) -> dict[str, float]:
+    """Microseconds per job of each call of the hot path, in one thread."""
+    from pjcore.host import Host
+    from pjcore.models import RunStatus
+    from pjcore.slots import plan_slots
+
+    clock = bench.FastForwardClock()
+    slot = clock.now().replace(microsecond=0) + timedelta(hours=1)
+    host = Host(target.url, load_entrypoints=False, clock=clock,
+                store_options={"table_prefix": target.table_prefix})
+    spent: Counter = Counter()
+
+    def timed(name: str, call):
+        start = time.perf_counter()
+        result = call()
+        spent[name] += time.perf_counter() - start
+        return result
+
+    try:
+        plugin_ids = []
+        for plugin_id, plugin_key, manifest in bench.manifests(n, bench.daily_at(slot)):
+            host.load_plugin(plugin_id, plugin_key, manifest)
+            plugin_ids.append(plugin_id)
+        store, now, done = host.store, slot + timedelta(milliseconds=1), 0
+        lease = now + timedelta(minutes=1)
+        while jobs := timed(f"due_jobs (limit {page}, per job)",
+                            lambda: store.due_jobs(now, limit=page, plugin_ids=plugin_ids)):
+            for job in jobs:
+                plan = timed("plan_slots", lambda: plan_slots(job, now))
+                claim = timed("claim_slot", lambda: store.claim_slot(
+                    job.id, expected=job.next_run_at, run_slot=plan.run_slot,
+                    next_run_at=plan.next_run_at, missed=plan.missed, now=now, owner="bench",
+                    lease_until=lease))
+                run_id = claim.run.id
+                timed("mark_running", lambda: store.mark_running(run_id, now=now, owner="bench",
+                                                                  lease_until=lease))
+                timed("get_run (x2)", lambda: store.get_run(run_id))
+                timed("complete_run", lambda: store.complete_run(
+                    run_id, status=RunStatus.succeeded, now=now))
+                timed("get_run (x2)", lambda: store.get_run(run_id))
+                done += 1
+    finally:
+        host.stop(0)
+    if done != n:
+        raise RuntimeError(f"serial: {done} of {n} jobs claimed")
+    return {name: seconds / n * 1e6 for name, seconds in spent.items()}
+
+
 # -- main ---------------------------------------------------------------------------
 
 
@@ -205,13 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     def target(name: str) -> bench.Target:
         return bench.Target(args.database or f"sqlite:///{workdir}/{name}.db")
 
-    targets = {name: target(name) for name in ("counted", "profiled")}
+    targets = {name: target(name) for name in ("counted", "profiled", "serial")}
     try:
         # both instruments see the burst only (from the Host's start to the
         # last run recorded), not the setup that stores the jobs
         counter, profiler = StatementCounter(), AllThreadsProfile()
         plain = bench.burst(settings, targets["counted"], around=lambda: counter)
         profiled = bench.burst(settings, targets["profiled"], around=lambda: profiler)
+        serial = serial_ops(n, targets["serial"], args.max_concurrent)
     finally:
         if args.database:
             for each in targets.values():
@@ -242,13 +302,19 @@ def main(argv: list[str] | None = None) -> int:
     cursor_calls, cursor_time = _builtin(stats, "<method 'execute' of 'sqlite3.Cursor' objects>")
     pg_calls, pg_time = _builtin(stats, "<method 'execute' of 'psycopg2.extensions.cursor' objects>")
     db_calls, db_time = (cursor_calls + pg_calls, cursor_time + pg_time)
-    commit_calls, commit_time = _builtin(stats, "<method 'commit' of 'sqlite3.Connection' objects>")
     out.append("")
     out.append("peewee, per job (profiled): building SQL (Database.execute minus execute_sql) "
                f"{(execute[2] - execute_sql[2]) / n * 1e6:.0f} us; execute_sql "
-               f"{execute_sql[2] / n * 1e6:.0f} us, of which the driver's execute() "
-               f"{db_time / n * 1e6:.0f} us ({db_calls / n:.1f} calls) and sqlite commit "
-               f"{commit_time / n * 1e6:.0f} us")
+               f"{execute_sql[2] / n * 1e6:.0f} us, of which inside the driver's execute() "
+               f"{db_time / n * 1e6:.0f} us over {db_calls / n:.1f} calls (summed over threads: "
+               "waiting for locks and network round trips count here)")
+    out.append("")
+    out.append("serial (one thread, no profiler): microseconds per job")
+    for name, micros in serial.items():
+        out.append(f"  {name:<28} {micros:8.1f}")
+    total_us = sum(serial.values())
+    out.append(f"  {'total':<28} {total_us:8.1f}   = {1e6 / total_us:,.0f} jobs/s; the burst "
+               f"used {plain['cpu_per_job_us']:,.0f} us CPU per job")
     out.append("")
     out.append(f"top {args.top} by own time (threads waiting on locks and events left out), "
                "per job:")
