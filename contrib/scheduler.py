@@ -206,7 +206,19 @@ class ThreadScheduler(Scheduler):
             if self._thread is not None:
                 return
             self._stopping = False
-            self._reclaim = not self._inflight
+            reclaim = not self._inflight
+        if reclaim:
+            # Before the loop exists and before start() returns, so a run
+            # triggered right after start() is never taken for a leftover.
+            try:
+                self._reconcile(self.clock.now(), owner=self.owner)
+            except Exception as exc:
+                logger.warning("pjcore could not reclaim the runs of {owner} yet: {error}",
+                               owner=self.owner, error=exc)
+                self._reclaim = True  # the first tick tries again
+        with self._lock:
+            if self._thread is not None:
+                return
             self.runner.start()
             self._thread = threading.Thread(target=self._loop, name="pjcore-scheduler", daemon=True)
             self._thread.start()

@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pjcore import Host, hookimpl
 
-    counts: collections.Counter = collections.Counter()
+    counts = dict.fromkeys(["handler_calls", "tick_failures", "recoveries", "deferred_ends",
+                            "deferred_starts"], 0)
+    counts_lock = threading.Lock()
 
     def count(message: Any) -> None:
         text = message.record["message"]
@@ -200,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         attempt = attempts.pop(ctx.run_id, "?")
         line = f"{ctx.job_key} {ctx.scheduled_for.isoformat()} {pid} {attempt} {ctx.run_id}\n"
         os.write(fd, line.encode())
-        counts["handler_calls"] += 1
+        with counts_lock:  # handlers run in many threads
+            counts["handler_calls"] += 1
         if args.handler_sleep:
             ctx.wait(args.handler_sleep)
 

@@ -86,9 +86,6 @@ def host(database):
     host = Host(database, plugins=[Handlers()], load_entrypoints=False,
                 clock=ManualClock(T0))
     host.start()
-    # the loop's first tick reclaims runs this scheduler owns as left over
-    # from an earlier life; a run triggered before it would be taken for one
-    host.scheduler.tick()
     host.load_plugin(A_ID, A_KEY, a_manifest(*A_JOBS))
     host.load_plugin(B_ID, B_KEY, {"key": B_KEY, "jobs": [job("sync")]})
     for plugin in (A_ID, B_ID):

@@ -1464,3 +1464,24 @@ def test_start_reclaims_the_runs_its_owner_left_behind(memory_env):
     run_id = env.scheduler.trigger(job["sync"].id)
     env.settle()
     assert env.run(run_id).status is RunStatus.succeeded
+
+
+def test_a_run_triggered_right_after_start_is_not_taken_for_a_leftover(tmp_path):
+    # start() reclaims the runs a previous incarnation of this owner left; a
+    # trigger made right after start() must not be among them.
+    for attempt in range(20):
+        env = Env(PeeweeJobStore(f"sqlite:///{tmp_path}/jobs-{attempt}.db"),
+                  clock=SystemClock(), owner="stable-owner")
+        try:
+            env.load(decl("manual", None))
+            gate = threading.Event()
+            env.handle("manual", lambda ctx: gate.wait(5))
+            env.scheduler.start()
+            run_id = env.scheduler.trigger(env.job("manual").id)
+            time.sleep(0.02)  # let the loop's first tick happen
+            assert env.store.get_run(run_id).status is not RunStatus.abandoned
+            gate.set()
+            wait_for(lambda: env.store.get_run(run_id).status.terminal, what="run ends")
+            assert env.store.get_run(run_id).status is RunStatus.succeeded
+        finally:
+            env.close()

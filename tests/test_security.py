@@ -96,10 +96,6 @@ class Handlers:
 
 def started(host) -> Host:
     host.start()
-    # The loop's first tick reclaims runs this scheduler owns as left over
-    # from an earlier life, and would take a run triggered before it for one
-    # (see the report on contrib/scheduler.py): let it pass first.
-    host.scheduler.tick()
     return host
 
 
