@@ -15,12 +15,10 @@ from __future__ import annotations
 import inspect
 import math
 import re
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-import pluggy
 import pytest
 from pluggy import HookCallError
 from hypothesis import HealthCheck, given, settings
@@ -35,7 +33,6 @@ from pjcore.exceptions import (
     JobStateError,
     ManifestError,
     PjError,
-    PluginNotRunning,
 )
 from pjcore.hookspecs import hookimpl
 

@@ -21,7 +21,7 @@ import pytest
 
 # tests/ is on sys.path (pytest's default "prepend" import mode); the example
 # plugin's installer lives with the tests of the examples.
-from test_examples import install_example_plugin, plugin_env
+from pjtest import install_example_plugin, plugin_env
 
 from pjcore.contrib.peewee_store import PeeweeJobStore
 

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from pjtest import wait_for
 
 from pjcore import Host, ManualClock
 from pjcore.exceptions import ManifestError, PjError, StoreError
@@ -38,17 +39,6 @@ def manifest(*jobs: dict, key: str = KEY) -> dict:
 
 
 TWO_JOBS = manifest(job("sync"), job("report", "0 * * * *"))
-
-
-def wait_for(condition, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.002)
 
 
 class JobsPlugin:

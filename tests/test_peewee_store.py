@@ -124,7 +124,7 @@ def test_two_prefixes_on_one_database_are_independent(open_store):
     assert a1.id != a2.id
     # each prefix has its own indexes (index names are per database)
     expected = {
-        "jobs": {"jobs_plugin_id_job_key", "jobs_status_next_run_at"},
+        "jobs": {"jobs_plugin_id_job_key", "jobs_status_next_run_at_id"},
         "runs": {"runs_job_id_scheduled_for_attempt", "runs_job_id_status",
                  "runs_plugin_id_created_at_id", "runs_created_at_id"},
     }

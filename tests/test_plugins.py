@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import types
 from pathlib import Path
 from typing import Any, Callable
@@ -18,8 +17,8 @@ from typing import Any, Callable
 import attrs
 import pluggy
 import pytest
+from pjtest import can_build_offline
 from loguru import logger
-from packaging.requirements import Requirement
 
 import pjcore
 import pjcore.contrib.defaults
@@ -456,19 +455,6 @@ class TestEntryPointIsolation:
 # -- entry points (real distributions, discovered in a subprocess) ------------------------
 
 
-def _can_build_offline(project: Path) -> bool:
-    """Whether this interpreter already has everything *project* needs to build."""
-    requires = tomllib.loads((project / "pyproject.toml").read_text())["build-system"]["requires"]
-    for requirement in map(Requirement, requires):
-        try:
-            version = importlib.metadata.version(requirement.name)
-        except importlib.metadata.PackageNotFoundError:
-            return False
-        if not requirement.specifier.contains(version, prereleases=True):
-            return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory) -> Path:
     """A directory holding the fixture distributions, installed (dist-info and all).
@@ -483,7 +469,7 @@ def plugin_site(tmp_path_factory) -> Path:
         shutil.copytree(DISTRIBUTIONS / name, root / name)
         for name in ("pjcore-acme-store", "pjcore-broken", "pjcore-typo")
     ]
-    offline = all(_can_build_offline(src) for src in sources)
+    offline = all(can_build_offline(src) for src in sources)
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
     command += ["--target", str(site)]
     if offline:

@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+from pjtest import wait_for
 from loguru import logger
 
 from pjcore.abc import Outcome
@@ -30,17 +31,6 @@ def make_context(run_id: str = "run-1", **fields) -> JobContext:
         logger=logger.bind(pj_run=run_id),
         **fields,
     )
-
-
-def wait_for(condition, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.002)
 
 
 @pytest.fixture

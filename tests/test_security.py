@@ -13,7 +13,6 @@ import ast
 import inspect
 import re
 import subprocess
-import sys
 import sysconfig
 import threading
 import time
@@ -36,7 +35,6 @@ from pjcore.exceptions import (
     JobAlreadyRunning,
     JobLookupError,
     JobNotActive,
-    PjError,
     PluginNotRunning,
     RunLookupError,
     StoreError,
@@ -467,6 +465,29 @@ def _string_parts(node: ast.AST) -> str:
                     if isinstance(n, ast.Constant) and isinstance(n.value, str))
 
 
+def _prepared_sql(arg: ast.AST) -> bool:
+    """``stmt.sql`` of a prepared hot-path statement: text peewee's query
+    builder produced (checked below), run with its bound parameters."""
+    return isinstance(arg, ast.Attribute) and arg.attr == "sql" \
+        and isinstance(arg.value, ast.Name) and arg.value.id == "stmt"
+
+
+def test_prepared_statements_take_their_sql_from_peewee_only():
+    tree = ast.parse((ROOT / "contrib" / "peewee_store.py").read_text())
+    prepared = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
+                    and n.name == "_Prepared")
+    writes = [n for n in ast.walk(prepared) if isinstance(n, ast.Assign)
+              and any(isinstance(t, ast.Tuple) and any(
+                  isinstance(e, ast.Attribute) and e.attr == "sql" for e in t.elts)
+                  or isinstance(t, ast.Attribute) and t.attr == "sql" for t in n.targets)]
+    assert len(writes) == 1
+    # self.sql, params = query.sql(): a peewee query compiled by peewee
+    call = writes[0].value
+    assert isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+    assert call.func.attr == "sql" and isinstance(call.func.value, ast.Name)
+    assert call.func.value.id == "query" and not call.args
+
+
 def test_the_peewee_store_builds_no_sql_from_strings():
     """Raw SQL in the store is a constant with parameters; everything else is
     peewee's query builder, which binds every value."""
@@ -478,7 +499,8 @@ def test_the_peewee_store_builds_no_sql_from_strings():
         if isinstance(node, ast.Call):
             name = getattr(node.func, "attr", getattr(node.func, "id", None))
             if name in RAW_SQL_CALLS and node.args and not (
-                    isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                    isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+            ) and not _prepared_sql(node.args[0]):
                 offenders.append(f"{where}: {name}() with SQL that is not a constant string")
             if name == "format" and SQL_WORDS.search(_string_parts(node.func)):
                 offenders.append(f"{where}: SQL built with str.format")
