@@ -90,11 +90,14 @@ __all__ = [
     "rss_mib",
     "run",
     "run_isolated",
+    "single",
     "sync",
 ]
 
 UTC = timezone.utc
-SCENARIOS = ("burst", "idle", "sync", "query")
+SCENARIOS = ("burst", "single", "idle", "sync", "query")
+#: single: real seconds between the clock's jump and each slot of the lone job
+SINGLE_LEAD = 0.02
 #: real seconds between the clock's jump and the burst slot: enough for the
 #: Host to start and the scheduler to go to sleep until the slot
 LEAD = 0.5
@@ -120,6 +123,7 @@ class Settings:
     idle_seconds: float = 3.0
     queries: int = 200  # timed calls per query figure per repetition
     repeat: int = 3
+    single_slots: int = 200  # slots of the lone job in the single scenario
     max_concurrent: int = 10
     timeout: float = 300.0  # seconds a burst may take before it counts as failed
     scenarios: tuple[str, ...] = SCENARIOS
@@ -479,7 +483,45 @@ def sync(settings: Settings, target: Target) -> dict:
     return out
 
 
-_RUNNERS = {"burst": burst, "stored": idle_and_query, "sync": sync}
+def single(settings: Settings, target: Target) -> dict:
+    """One job alone, every second: how late does each slot start?
+
+    The clock jumps to just before each next slot and the scheduler is woken
+    (it would otherwise sleep a real second); from there it sleeps until the
+    slot for real, so the lateness is the scheduler's own.
+    """
+    slots = settings.single_slots
+    clock = FastForwardClock()
+    observer = _BenchPlugin(1, expected=slots, clock=clock)
+    host = _host(target, settings, observer, clock)
+    try:
+        (plugin_id,) = _load(host, 1, "* * * * * *")
+        host.start()
+        for done in range(slots):
+            (job,) = host.jobs(plugin_id)
+            clock.jump_to(max(clock.now(), job.next_run_at - timedelta(seconds=SINGLE_LEAD)))
+            host.scheduler.wake()
+            deadline = time.monotonic() + 10
+            while observer.finished <= done:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"single: slot {done + 1} of {slots} did not run")
+                time.sleep(0.001)
+        host.scheduler.stop(10)
+        runs = list(_all_runs(host, plugin_id))
+    finally:
+        host.stop(10)
+    lateness = [(r.started_at - r.scheduled_for).total_seconds()
+                for r in runs if r.started_at is not None and r.scheduled_for is not None]
+    return {
+        "slots": slots,
+        "runs": len(runs),
+        "single_lateness_median_ms": _ms(statistics.median(lateness)),
+        "single_lateness_p99_ms": _ms(_percentile(lateness, 0.99)),
+        "single_lateness_max_ms": _ms(max(lateness)),
+    }
+
+
+_RUNNERS = {"burst": burst, "single": single, "stored": idle_and_query, "sync": sync}
 
 
 # -- orchestration -------------------------------------------------------------------
@@ -502,6 +544,11 @@ def _figures(settings: Settings) -> list[Figure]:
         Figure("burst", "lateness_p99_ms", f"burst {n}: start lateness, p99", "ms", "burst"),
         Figure("burst", "cpu_per_job_us", f"burst {n}: CPU per job", "us", "burst"),
         Figure("burst", "peak_rss_mib", f"burst {n}: peak RSS", "MiB", "burst"),
+        Figure("single", "single_lateness_median_ms",
+               f"single job, {settings.single_slots} slots: start lateness, median", "ms",
+               "single"),
+        Figure("single", "single_lateness_p99_ms",
+               f"single job, {settings.single_slots} slots: start lateness, p99", "ms", "single"),
         Figure("stored", "cpu_percent", f"idle {m} stored: CPU (one core)", "%", "idle"),
         Figure("stored", "ticks", f"idle {m} stored: ticks in {settings.idle_seconds:g}s",
                "", "idle"),
@@ -525,6 +572,8 @@ def _workers(settings: Settings) -> list[str]:
     out = []
     if "burst" in wanted:
         out.append("burst")
+    if "single" in wanted:
+        out.append("single")
     if wanted & {"idle", "query"}:
         out.append("stored")
     if "sync" in wanted:
@@ -727,6 +776,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "file per repetition in a temporary folder)")
     parser.add_argument("--jobs", type=_positive_int(), default=d.jobs, metavar="N",
                         help="burst: jobs due at once (default: %(default)s)")
+    parser.add_argument("--single-slots", type=_positive_int(10_000), default=d.single_slots,
+                        metavar="S", help="single: slots of the lone per-second job "
+                                          "(default: %(default)s)")
     parser.add_argument("--stored", type=_positive_int(), default=d.stored, metavar="M",
                         help="idle and query: stored jobs, none due (default: %(default)s)")
     parser.add_argument("--manifest-jobs", type=_positive_int(MAX_JOBS), default=d.manifest_jobs,
@@ -756,7 +808,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(
-        database=args.database, jobs=args.jobs, stored=args.stored,
+        database=args.database, jobs=args.jobs, single_slots=args.single_slots,
+        stored=args.stored,
         manifest_jobs=args.manifest_jobs, idle_seconds=args.idle_seconds, queries=args.queries,
         repeat=args.repeat, max_concurrent=args.max_concurrent, timeout=args.timeout,
         scenarios=tuple(args.scenarios), keep=args.keep,

@@ -14,12 +14,13 @@ import pytest
 from pjcore import bench
 from pjcore.contrib.peewee_store import PeeweeJobStore
 
-TINY = ["--jobs", "50", "--stored", "60", "--manifest-jobs", "20", "--idle-seconds", "0.2",
+TINY = ["--jobs", "50", "--single-slots", "5", "--stored", "60", "--manifest-jobs", "20", "--idle-seconds", "0.2",
         "--queries", "5", "--repeat", "1", "--quiet"]
 
 FIGURES = {
     "burst.throughput", "burst.lateness_median_ms", "burst.lateness_p99_ms",
     "burst.cpu_per_job_us", "burst.peak_rss_mib",
+    "single.single_lateness_median_ms", "single.single_lateness_p99_ms",
     "idle.cpu_percent", "idle.ticks", "idle.tick_ms", "idle.rss_mib",
     "idle.rss_growth_mib",
     "sync.new_ms", "sync.unchanged_ms", "sync.changed_ms",
@@ -66,6 +67,9 @@ def test_bench_reports_every_figure_and_runs_each_job_once(tmp_path, capsys):
     for name in ("idle.tick_ms", "sync.new_ms", "sync.unchanged_ms", "sync.changed_ms", "query.due_none_ms",
                  "query.due_all_ms", "query.next_due_ms"):
         assert figures[name] > 0, name
+    assert 0 <= figures["single.single_lateness_median_ms"] <= figures["single.single_lateness_p99_ms"]
+    (single,) = report["repetitions"]["single"]
+    assert single["slots"] == single["runs"] == 5
     assert report["checks"] == {"burst_ran_exactly_once": True, "burst_missed": 0}
     assert report["environment"]["engine"] == "sqlite"
 
