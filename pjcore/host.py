@@ -229,8 +229,13 @@ class Host:
         return plugin
 
     def job(self, plugin: str, job_key: str) -> Job:
-        plugin_id = self._plugin_id(plugin)
+        plugin = check_identifier(plugin, "plugin")
         job_key = check_identifier(job_key, "job_key")
+        # the plugin id is the common case and needs no scan of the plugin's jobs
+        job = self.store.get_job_by_key(plugin, job_key)
+        if job is not None:
+            return job
+        plugin_id = self._plugin_id(plugin)
         job = self.store.get_job_by_key(plugin_id, job_key)
         if job is None:
             raise JobLookupError(job_key, plugin)
