@@ -8,6 +8,7 @@ identically on both engines.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -128,7 +129,10 @@ def _define_models(db: pw.Database, prefix: str, postgres: bool):
             table_name = prefix + "jobs"
             # the unique index leads with plugin_id, so it also serves
             # per-plugin lookups; no separate plugin_id index is needed
-            indexes = ((("plugin_id", "job_key"), True), (("status", "next_run_at"), False))
+            # (status, next_run_at, id): the due query walks it in its own
+            # order (ORDER BY next_run_at, id) and stops at its LIMIT
+            indexes = ((("plugin_id", "job_key"), True),
+                       (("status", "next_run_at", "id"), False))
 
     class RunRow(Base):
         id = pw.TextField(primary_key=True, **c)
@@ -229,12 +233,27 @@ def _m0003_run_attempt(ctx: MigrationContext) -> None:
         migrate(ctx.migrator.add_index(table, ("job_id", "scheduled_for", "attempt"), True))
 
 
+def _m0004_due_index(ctx: MigrationContext) -> None:
+    # The due query orders by (next_run_at, id): with id in the index it
+    # reads the first rows in order instead of sorting every due row.
+    from playhouse.migrate import migrate
+
+    table = ctx.table("jobs")
+    indexes = {i.name: i for i in ctx.db.get_indexes(table)}
+    for index in indexes.values():
+        if not index.unique and index.columns == ["status", "next_run_at"]:
+            migrate(ctx.migrator.drop_index(table, index.name))
+    if not any(i.columns == ["status", "next_run_at", "id"] for i in indexes.values()):
+        migrate(ctx.migrator.add_index(table, ("status", "next_run_at", "id"), False))
+
+
 #: Applied in order, each in its own transaction, and recorded by name in
 #: ``<prefix>schema``. Only ever append.
 MIGRATIONS: list[Migration] = [
     Migration("0001_initial", _m0001_initial),
     Migration("0002_missed_count", _m0002_missed_count),
     Migration("0003_run_attempt", _m0003_run_attempt),
+    Migration("0004_due_index", _m0004_due_index),
 ]
 
 
@@ -443,6 +462,213 @@ def _chunks(items: Sequence[Any]):
         yield items[start:start + _CHUNK]
 
 
+# -- hot statements ----------------------------------------------------------
+
+_JOB_COLUMNS = ("id", "plugin_id", "plugin_key", "job_key", "display_name", "description",
+                "schedule", "timezone", "policy", "status", "paused_by", "status_reason",
+                "missed_count", "next_run_at", "last_run_at", "created_at", "updated_at")
+_RUN_COLUMNS = ("id", "job_id", "plugin_id", "job_key", "trigger", "status", "scheduled_for",
+                "created_at", "started_at", "finished_at", "duration_ms", "error",
+                "error_detail", "owner", "lease_until", "attempt")
+
+
+@functools.lru_cache(maxsize=256)
+def _policy(text: str) -> JobPolicy:
+    # JobPolicy is frozen: one instance per stored policy text is shared
+    return JobPolicy.from_dict(json.loads(text))
+
+
+#: Job objects by the stored row they were built from: the due query
+#: reads the same rows tick after tick while a backlog drains, and a Job is
+#: frozen, so an identical row can share one instance
+_JOB_ROWS: dict[tuple, Job] = {}
+_JOB_ROWS_MAX = 4096
+
+
+def _job_tuple(row: Sequence[Any]) -> Job:
+    row = tuple(row)
+    job = _JOB_ROWS.get(row)
+    if job is None:
+        job = _build_job(row)
+        if len(_JOB_ROWS) >= _JOB_ROWS_MAX:
+            _JOB_ROWS.clear()  # bounded; dict operations are atomic under the GIL
+        _JOB_ROWS[row] = job
+    return job
+
+
+def _build_job(row: Sequence[Any]) -> Job:
+    (id_, plugin_id, plugin_key, job_key, display_name, description, schedule, tz, policy,
+     status, paused_by, status_reason, missed_count, next_run_at, last_run_at, created_at,
+     updated_at) = row
+    return Job(id=id_, plugin_id=plugin_id, plugin_key=plugin_key, job_key=job_key,
+               display_name=display_name, description=description, schedule=schedule,
+               timezone=tz, policy=_policy(policy), status=status, paused_by=paused_by,
+               status_reason=status_reason, missed_count=missed_count,
+               next_run_at=from_micros(next_run_at), last_run_at=from_micros(last_run_at),
+               created_at=from_micros(created_at), updated_at=from_micros(updated_at))
+
+
+def _run_tuple(row: Sequence[Any]) -> JobRun:
+    (id_, job_id, plugin_id, job_key, trigger, status, scheduled_for, created_at, started_at,
+     finished_at, duration_ms, error, error_detail, owner, lease_until, attempt) = row
+    return JobRun(id=id_, job_id=job_id, plugin_id=plugin_id, job_key=job_key, trigger=trigger,
+                  status=status, scheduled_for=from_micros(scheduled_for),
+                  created_at=from_micros(created_at), started_at=from_micros(started_at),
+                  finished_at=from_micros(finished_at), duration_ms=duration_ms, error=error,
+                  error_detail=error_detail, owner=owner, lease_until=from_micros(lease_until),
+                  attempt=attempt)
+
+
+class _Serialized:
+    """A transaction entered under the store's writer lock (SQLite)."""
+
+    __slots__ = ("_lock", "_wait", "_tx")
+
+    def __init__(self, lock: Any, wait: float, tx: Any) -> None:
+        self._lock, self._wait, self._tx = lock, wait, tx
+
+    def __enter__(self) -> Any:
+        # as long as SQLite's own busy_timeout: a thread stuck behind a
+        # writer that waits on another process gives up like that writer
+        if not self._lock.acquire(timeout=self._wait):
+            raise sqlite3.OperationalError("database is locked (by a writer of this process)")
+        if self._tx is None:
+            return None
+        try:
+            return self._tx.__enter__()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        try:
+            return None if self._tx is None else self._tx.__exit__(*exc_info)
+        finally:
+            self._lock.release()
+
+
+class _Arg:
+    """A parameter slot of a prepared statement: the *n*-th call argument."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def _arg(n: int) -> pw.Value:
+    return pw.Value(_Arg(n), converter=False)
+
+
+class _Prepared:
+    """A statement peewee built once, with parameters bound per call: peewee
+    spends far longer building SQL than the database spends running it.
+    The SQL text is peewee's own (identifiers quoted by it, every value a
+    parameter in the engine's style); only the values change per call."""
+
+    __slots__ = ("sql", "_plan", "_direct")
+
+    def __init__(self, query: Any) -> None:
+        self.sql, params = query.sql()
+        self._plan = tuple((True, p.n) if isinstance(p, _Arg) else (False, p) for p in params)
+        # every parameter is an argument, in order: no remapping needed
+        self._direct = all(arg and n == i for i, (arg, n) in enumerate(self._plan))
+
+    def params(self, args: Sequence[Any]) -> Sequence[Any]:
+        if self._direct and len(args) == len(self._plan):
+            return args
+        return tuple(args[v] if arg else v for arg, v in self._plan)
+
+
+class _HotSQL:
+    """The statements of the dispatch hot path, prepared once per store."""
+
+    def __init__(self, J: Any, R: Any, postgres: bool) -> None:
+        self._J, self._R, self._pg = J, R, postgres
+        self._cache: dict[Any, _Prepared] = {}
+        self.job_fields = [getattr(J, c) for c in _JOB_COLUMNS]
+        self.run_fields = [R.job if c == "job_id" else getattr(R, c) for c in _RUN_COLUMNS]
+        live = R.status.in_(_NON_TERMINAL)
+        self.mark_running = _Prepared(R.update({
+            R.status: RunStatus.running.value, R.started_at: _arg(0), R.owner: _arg(1),
+            R.lease_until: _arg(2)}).where((R.id == _arg(3)) & (R.status == RunStatus.queued.value)))
+        # duration from started_at in SQL, so the guarded UPDATE stays one
+        # statement; NULL when the run never started, 0 on a clock going back
+        duration = pw.Case(None, [(R.started_at > _arg(1), 0)], (_arg(1) - R.started_at) / 1000)
+        self.complete = _Prepared(R.update({
+            R.status: _arg(0), R.finished_at: _arg(1), R.duration_ms: duration,
+            R.error: _arg(2), R.error_detail: _arg(3)}).where((R.id == _arg(4)) & live))
+        self.get_run = _Prepared(R.select(*self.run_fields).where(R.id == _arg(0)))
+        self.insert_run = _Prepared(R.insert(
+            {f: _arg(i) for i, f in enumerate(self.run_fields)}))
+        self.claim_runs = _Prepared(R.select(R.status, R.scheduled_for).where(
+            (R.job == _arg(0)) & (live | (R.scheduled_for == _arg(1)))))
+
+    def get(self, key: Any) -> _Prepared:
+        """Statements with a variable shape, prepared on first use."""
+        stmt = self._cache.get(key)
+        if stmt is None:
+            stmt = self._cache[key] = _Prepared(self._build(*key))
+        return stmt
+
+    def _build(self, kind: str, *shape: Any) -> Any:
+        J, R = self._J, self._R
+        active = J.status == JobStatus.active.value
+        if kind in ("due", "next_due"):
+            (n_plugins,) = shape  # None: every plugin
+            if kind == "due":
+                where = active & (J.next_run_at <= _arg(0))
+                first = 1
+            else:
+                where = active & J.next_run_at.is_null(False)
+                first = 0
+            if n_plugins is not None:
+                where &= J.plugin_id.in_([_arg(first + i) for i in range(n_plugins)])
+            if kind == "next_due":
+                return J.select(pw.fn.MIN(J.next_run_at)).where(where)
+            limit = _arg(first + (n_plugins or 0))
+            return J.select(*self.job_fields).where(where).order_by(J.next_run_at, J.id) \
+                .limit(limit)
+        if kind in ("precheck", "claim_job"):
+            null_pointer, idle = shape
+            same = J.next_run_at.is_null() if null_pointer else J.next_run_at == _arg(1)
+            claimable = (J.id == _arg(0)) & active & same
+            if kind == "claim_job":
+                query = J.select(J.plugin_id, J.job_key).where(claimable)
+                return query.for_update(skip_locked=True) if self._pg else query
+            query = J.select(J.id).where(claimable)
+            if idle:
+                busy = R.select(R.id).where((R.job == _arg(0)) & R.status.in_(_NON_TERMINAL))
+                query = query.where(~pw.fn.EXISTS(busy))
+            return query.limit(1)
+        if kind == "look":  # claim_slots: every job's pointer and whether it is busy
+            (n,) = shape
+            busy = R.select(R.id).where((R.job == J.id) & R.status.in_(_NON_TERMINAL))
+            # the status is checked by the caller: in the WHERE clause it
+            # would lead SQLite to walk every active job by the status index
+            return J.select(J.id, J.next_run_at, J.status, pw.fn.EXISTS(busy)).where(
+                J.id.in_([_arg(i) for i in range(n)]))
+        if kind == "lock_many":
+            (n,) = shape
+            query = J.select(J.id, J.plugin_id, J.job_key, J.next_run_at).where(
+                active & J.id.in_([_arg(i) for i in range(n)]))
+            return query.for_update(skip_locked=True) if self._pg else query
+        if kind == "runs_many":
+            n, slots = shape
+            return R.select(R.job, R.status, R.scheduled_for).where(
+                R.job.in_([_arg(i) for i in range(n)])
+                & (R.status.in_(_NON_TERMINAL)
+                   | R.scheduled_for.in_([_arg(n + i) for i in range(slots)])))
+        if kind == "claim_update":
+            (with_slot,) = shape
+            values = {J.next_run_at: _arg(0), J.updated_at: _arg(1),
+                      J.missed_count: J.missed_count + _arg(2)}
+            if with_slot:
+                values[J.last_run_at] = _arg(4)
+            return J.update(values).where(J.id == _arg(3))
+        raise ValueError(kind)
+
+
 # -- the store ---------------------------------------------------------------
 
 
@@ -492,10 +718,21 @@ class PeeweeJobStore(BaseJobStore):
         self.table_prefix = table_prefix
         self._password = db.connect_params.get("password")
         self._Job, self._Run, self._Schema = _define_models(db, table_prefix, self._pg)
+        self._sql = _HotSQL(self._Job, self._Run, self._pg)
         # SQLite: take the write lock up front so concurrent writers queue on
         # busy_timeout instead of failing on a read-to-write upgrade.
         # PostgreSQL: rows are locked explicitly (SELECT ... FOR UPDATE).
-        self._write = (lambda: db.atomic()) if self._pg else (lambda: db.atomic("IMMEDIATE"))
+        # SQLite has one writer at a time; the threads of this process queue
+        # for it on a lock of their own (handed over at once) rather than on
+        # SQLite's busy handler, which polls with sleeps of 1 to 100 ms. Other
+        # processes still queue on busy_timeout.
+        if self._pg:
+            self._write = lambda: db.atomic()
+            self._writer = lambda: contextlib.nullcontext()
+        else:
+            lock, wait = threading.RLock(), float(getattr(db, "_timeout", None) or SQLITE_TIMEOUT)
+            self._write = lambda: _Serialized(lock, wait, db.atomic("IMMEDIATE"))
+            self._writer = lambda: _Serialized(lock, wait, None)
         # Threads (scheduler, workers) keep their per-thread connection for
         # their lifetime; remember them so close() can close them all.
         self._conns: list[tuple[threading.Thread, Any]] = []
@@ -641,6 +878,11 @@ class PeeweeJobStore(BaseJobStore):
             clean = False
         if not clean:
             self._discard_connection()
+
+    def _exec(self, stmt: _Prepared, args: Sequence[Any]) -> Any:
+        """Run a prepared statement on this thread's connection (inside the
+        caller's transaction, if any); the cursor."""
+        return self._db.execute_sql(stmt.sql, stmt.params(args))
 
     def _lock(self, query: pw.Select) -> pw.Select:
         return query.for_update() if self._pg else query
@@ -855,20 +1097,32 @@ class PeeweeJobStore(BaseJobStore):
     ) -> list[Job]:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidArgument(f"limit must be a positive integer, not {limit!r}")
-        J = self._Job
-        where = (J.status == JobStatus.active.value) & (J.next_run_at <= _us(now))
-        if plugin_ids is not None:
-            where &= J.plugin_id.in_(list(plugin_ids))
-        query = J.select().where(where).order_by(J.next_run_at, J.id).limit(limit)
-        return [_job(r) for r in query.dicts()]
+        if plugin_ids is None:
+            rows = self._exec(self._sql.get(("due", None)), (_us(now), limit)).fetchall()
+            return [_job_tuple(r) for r in rows]
+        ids = list(plugin_ids)
+        out: list[Job] = []
+        # one statement unless there are more plugins than a statement's
+        # parameters allow; then merge the pages in due order
+        for chunk in _chunks(ids):
+            stmt = self._sql.get(("due", len(chunk)))
+            out += [_job_tuple(r) for r in
+                    self._exec(stmt, (_us(now), *chunk, limit)).fetchall()]
+        if len(ids) > _CHUNK:
+            out.sort(key=lambda j: (j.next_run_at, j.id))
+        return out[:limit]
 
     @_operation
     def next_due_at(self, plugin_ids: Sequence[str] | None = None) -> datetime | None:
-        J = self._Job
-        where = (J.status == JobStatus.active.value) & J.next_run_at.is_null(False)
-        if plugin_ids is not None:
-            where &= J.plugin_id.in_(list(plugin_ids))
-        return from_micros(J.select(pw.fn.MIN(J.next_run_at)).where(where).scalar())
+        if plugin_ids is None:
+            return from_micros(self._exec(self._sql.get(("next_due", None)), ()).fetchone()[0])
+        ids = list(plugin_ids)
+        found = []
+        for chunk in _chunks(ids):
+            value = self._exec(self._sql.get(("next_due", len(chunk))), chunk).fetchone()[0]
+            if value is not None:
+                found.append(value)
+        return from_micros(min(found)) if found else None
 
     @_operation
     def claim_slot(
@@ -883,56 +1137,142 @@ class PeeweeJobStore(BaseJobStore):
         owner: str | None = None,
         lease_until: datetime | None = None,
     ) -> Claim:
-        J, R = self._Job, self._Run
-        seen, slot = _us(expected), _us(run_slot)
-        same = J.next_run_at.is_null() if seen is None else J.next_run_at == seen
-        claimable = (J.id == job_id) & (J.status == JobStatus.active.value) & same
-        mine = R.job == job_id
+        if not self._claimable(job_id, _us(expected), _us(run_slot)):
+            return Claim(applied=False)
+        try:
+            with self._write():
+                return self._claim(job_id, expected=expected, run_slot=run_slot,
+                                   next_run_at=next_run_at, missed=missed, now=now,
+                                   owner=owner, lease_until=lease_until)
+        except pw.IntegrityError:
+            # the slot's run appeared between the check and the insert
+            return Claim(applied=False)
+
+    @_operation
+    def claim_slots(self, claims: Sequence[Any]) -> list[Claim]:
+        claims = [dict(c) for c in claims]
+        ids = [c["job_id"] for c in claims]
+        if len(set(ids)) != len(ids):  # the same job twice: one after the other
+            return [self.claim_slot.__wrapped__(self, **c) for c in claims]
+        # The first look, as claim_slot's, but one statement for the batch.
+        looked: dict[str, tuple[int | None, bool]] = {}
+        for chunk in _chunks(ids):
+            for job_id, pointer, status, busy in self._exec(
+                    self._sql.get(("look", len(chunk))), chunk).fetchall():
+                if status == JobStatus.active.value:
+                    looked[job_id] = (pointer, bool(busy))
+        results: list[Claim | None] = []
+        for c in claims:
+            found = looked.get(c["job_id"])
+            ok = (found is not None and found[0] == _us(c.get("expected"))
+                  and not (found[1] and c.get("run_slot") is not None))
+            results.append(None if ok else Claim(applied=False))
+        todo = [claims[i] for i, r in enumerate(results) if r is None]
+        if todo:
+            try:
+                # one transaction for the round; each claim is still checked
+                # and applied on its own inside it, exactly as claim_slot does
+                with self._write():
+                    done = self._claim_many(todo)
+            except pw.IntegrityError:
+                # a slot's run appeared meanwhile (and the batch was rolled
+                # back): claim one by one, so only that claim is refused
+                done = [self.claim_slot.__wrapped__(self, **c) for c in todo]
+            it = iter(done)
+            results = [next(it) if r is None else r for r in results]
+        return results  # type: ignore[return-value]
+
+    def _claim_many(self, claims: list[dict[str, Any]]) -> list[Claim]:
+        """claim_slots' step inside the caller's write transaction: the
+        statements of :meth:`_claim`, each issued once for the batch."""
+        sql = self._sql
+        ids = [c["job_id"] for c in claims]
+        jobs: dict[str, tuple[Any, ...]] = {}
+        # SQLite holds the write lock; PostgreSQL locks the job rows
+        # (skipping those another scheduler is claiming right now).
+        for chunk in _chunks(ids):
+            for row in self._exec(sql.get(("lock_many", len(chunk))), chunk).fetchall():
+                jobs[row[0]] = row
+        ready = [c for c in claims if c["job_id"] in jobs
+                 and jobs[c["job_id"]][3] == _us(c.get("expected"))]
+        runs: dict[str, list[tuple[str, int | None]]] = {}
+        with_slot = [c for c in ready if c.get("run_slot") is not None]
+        for chunk in _chunks(with_slot):
+            # after the lock, in a statement of its own (see _claim)
+            slots = sorted({_us(c["run_slot"]) for c in chunk})
+            chunk_ids = [c["job_id"] for c in chunk]
+            stmt = sql.get(("runs_many", len(chunk_ids), len(slots)))
+            for job_id, status, scheduled in self._exec(stmt, (*chunk_ids, *slots)).fetchall():
+                runs.setdefault(job_id, []).append((status, scheduled))
+        out: list[Claim] = []
+        for c in claims:
+            job_id = c["job_id"]
+            job = jobs.get(job_id)
+            if job is None or job[3] != _us(c.get("expected")):
+                out.append(Claim(applied=False))
+                continue
+            slot, now = _us(c.get("run_slot")), c["now"]
+            run = None
+            if slot is not None:
+                rows = runs.get(job_id, ())
+                if any(status in _NON_TERMINAL for status, _ in rows):
+                    out.append(Claim(applied=False))
+                    continue
+                if not any(scheduled == slot for _, scheduled in rows):
+                    run = JobRun(id=new_id(), job_id=job_id, plugin_id=job[1], job_key=job[2],
+                                 trigger=RunTrigger.schedule, scheduled_for=c["run_slot"],
+                                 created_at=now, owner=c.get("owner"),
+                                 lease_until=c.get("lease_until"))
+                    self._insert_run(run)
+            self._exec(sql.get(("claim_update", slot is not None)),
+                       (_us(c.get("next_run_at")), _us(now), c.get("missed", 0), job_id, slot))
+            out.append(Claim(applied=True, run=run))
+        return out
+
+    def _claimable(self, job_id: str, seen: int | None, slot: int | None) -> bool:
         # A first look outside any transaction: when schedulers share a
         # database, most refused claims find the pointer already moved (or a
         # run in flight elsewhere), and refusing then costs one statement
         # instead of a transaction (on SQLite, without taking the write lock).
-        # Only a refusal is decided here; the transaction below re-checks all.
-        precheck = J.select(J.id).where(claimable)
-        if slot is not None:
-            busy = R.select(R.id).where(mine & R.status.in_(_NON_TERMINAL))
-            precheck = precheck.where(~pw.fn.EXISTS(busy))
-        if not precheck.exists():
+        # Only a refusal is decided here; the transaction re-checks all.
+        stmt = self._sql.get(("precheck", seen is None, slot is not None))
+        return self._exec(stmt, (job_id, seen)).fetchone() is not None
+
+    def _claim(
+        self,
+        job_id: str,
+        *,
+        expected: datetime | None,
+        run_slot: datetime | None,
+        next_run_at: datetime | None,
+        missed: int = 0,
+        now: datetime,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> Claim:
+        """claim_slot's step inside the caller's write transaction."""
+        sql = self._sql
+        seen, slot = _us(expected), _us(run_slot)
+        # SQLite holds the write lock; PostgreSQL locks the job row
+        # (skipping it when another scheduler is claiming it now).
+        job = self._exec(sql.get(("claim_job", seen is None, False)), (job_id, seen)).fetchone()
+        if job is None:
             return Claim(applied=False)
         run = None
-        try:
-            with self._write():
-                # SQLite holds the write lock; PostgreSQL locks the job row, so
-                # a competing scheduler waits here and then sees the new pointer.
-                query = J.select(J.plugin_id, J.job_key).where(claimable)
-                if self._pg:
-                    # another scheduler claiming this job right now: let it
-                    query = query.for_update(skip_locked=True)
-                job = query.dicts().first()
-                if job is None:
-                    return Claim(applied=False)
-                values: dict[str, Any] = {"next_run_at": _us(next_run_at), "updated_at": _us(now),
-                                          "missed_count": J.missed_count + missed}
-                if slot is not None:
-                    # After the lock, in a statement of its own (a fresh
-                    # snapshot on PostgreSQL): a run committed by a manual
-                    # trigger that held the row a moment ago is seen.
-                    rows = list(R.select(R.status, R.scheduled_for).where(
-                        mine & (R.status.in_(_NON_TERMINAL) | (R.scheduled_for == slot))
-                    ).tuples())
-                    if any(status in _NON_TERMINAL for status, _ in rows):
-                        return Claim(applied=False)
-                    if not any(scheduled == slot for _, scheduled in rows):
-                        run = JobRun(id=new_id(), job_id=job_id, plugin_id=job["plugin_id"],
-                                     job_key=job["job_key"], trigger=RunTrigger.schedule,
-                                     scheduled_for=run_slot, created_at=now, owner=owner,
-                                     lease_until=lease_until)
-                        self._insert_run(run)
-                    values["last_run_at"] = slot
-                J.update(values).where(J.id == job_id).execute()
-        except pw.IntegrityError:
-            # the slot's run appeared between the check and the insert
-            return Claim(applied=False)
+        if slot is not None:
+            # After the lock, in a statement of its own (a fresh snapshot on
+            # PostgreSQL): a run committed by a manual trigger that held the
+            # row a moment ago is seen.
+            rows = self._exec(sql.claim_runs, (job_id, slot)).fetchall()
+            if any(status in _NON_TERMINAL for status, _ in rows):
+                return Claim(applied=False)
+            if not any(scheduled == slot for _, scheduled in rows):
+                run = JobRun(id=new_id(), job_id=job_id, plugin_id=job[0], job_key=job[1],
+                             trigger=RunTrigger.schedule, scheduled_for=run_slot,
+                             created_at=now, owner=owner, lease_until=lease_until)
+                self._insert_run(run)
+        self._exec(sql.get(("claim_update", slot is not None)),
+                   (_us(next_run_at), _us(now), missed, job_id, slot))
         return Claim(applied=True, run=run)
 
     @_operation
@@ -995,10 +1335,11 @@ class PeeweeJobStore(BaseJobStore):
         return run
 
     def _insert_run(self, run: JobRun) -> None:
-        self._Run.insert(
-            {("job" if f.name == "job_id" else f.name): _column(getattr(run, f.name))
-             for f in attrs.fields(JobRun)}
-        ).execute()
+        self._exec(self._sql.insert_run, (
+            run.id, run.job_id, run.plugin_id, run.job_key, run.trigger.value, run.status.value,
+            _us(run.scheduled_for), _us(run.created_at), _us(run.started_at),
+            _us(run.finished_at), run.duration_ms, self._text(run.error),
+            self._text(run.error_detail), run.owner, _us(run.lease_until), run.attempt))
 
     @_operation
     def mark_running(
@@ -1009,14 +1350,10 @@ class PeeweeJobStore(BaseJobStore):
         owner: str | None = None,
         lease_until: datetime | None = None,
     ) -> bool:
-        R = self._Run
-        query = R.update(
-            status=RunStatus.running.value,
-            started_at=_us(now),
-            owner=owner,
-            lease_until=_us(lease_until),
-        ).where((R.id == run_id) & (R.status == RunStatus.queued.value))
-        return query.execute() == 1
+        with self._writer():
+            cursor = self._exec(self._sql.mark_running,
+                                (_us(now), owner, _us(lease_until), run_id))
+        return cursor.rowcount == 1
 
     def _finish(self, now_us: int, status: RunStatus, error: str | None) -> dict[str, Any]:
         R = self._Run
@@ -1046,11 +1383,22 @@ class PeeweeJobStore(BaseJobStore):
         error: str | None = None,
         error_detail: str | None = None,
     ) -> bool:
-        R = self._Run
-        values = self._finish(_us(now), terminal_status(status), error)
-        values["error_detail"] = self._text(error_detail)
-        query = R.update(values).where((R.id == run_id) & R.status.in_(_NON_TERMINAL))
-        return query.execute() == 1
+        now_us = _us(now)
+        args = (terminal_status(status).value, now_us, self._text(error),
+                self._text(error_detail), run_id)
+        with self._writer():
+            cursor = self._exec(self._sql.complete, args)
+        return cursor.rowcount == 1
+
+    @_operation
+    def complete_runs(self, ends: Sequence[Any]) -> list[bool]:
+        ends = [dict(e) for e in ends]
+        args = [(terminal_status(e["status"]).value, _us(e["now"]), self._text(e.get("error")),
+                 self._text(e.get("error_detail")), e["run_id"]) for e in ends]
+        if not args:
+            return []
+        with self._write():
+            return [self._exec(self._sql.complete, a).rowcount == 1 for a in args]
 
     @_operation
     def renew_leases(
@@ -1090,8 +1438,8 @@ class PeeweeJobStore(BaseJobStore):
 
     @_operation
     def get_run(self, run_id: str) -> JobRun | None:
-        row = self._Run.select().where(self._Run.id == run_id).dicts().first()
-        return None if row is None else _run(row)
+        row = self._exec(self._sql.get_run, (run_id,)).fetchone()
+        return None if row is None else _run_tuple(row)
 
     @_operation
     def list_runs(

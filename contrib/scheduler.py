@@ -48,6 +48,12 @@ _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 _MAX_LIMIT = 1000
 #: due jobs read per tick, in multiples of the free capacity (see _round)
 _SPREAD = 4
+#: claims sent to the store at once (one transaction in the peewee store).
+#: Small, because a batch holds its job rows until it commits: schedulers
+#: sharing a database then still interleave their claims job by job instead
+#: of one taking every due job in a single transaction (and keeping them,
+#: as it frees each job first when its handler returns)
+CLAIM_BATCH = 8
 #: clock seconds before a job whose claim was refused (a run of it in flight
 #: in another process) is looked at again
 BLOCKED_RETRY = 1.0
@@ -92,6 +98,10 @@ class _InFlight:
     #: a decided end the store refused (outage): (status, error, detail,
     #: when it ended), retried until recorded; the run keeps its lease meanwhile
     unrecorded: tuple[RunStatus, str | None, str | None, datetime] | None = None
+    #: the handler's outcome, waiting for the loop to record it together
+    #: with the other ends of its round (same shape as ``unrecorded``); the
+    #: run keeps its lease and its job stays busy meanwhile
+    queued_end: tuple[RunStatus, str | None, str | None, datetime] | None = None
     #: recorded by this scheduler; run_finished is announced once the job is free
     announce: bool = False
     #: left _inflight (guards against a double release)
@@ -168,6 +178,10 @@ class ThreadScheduler(Scheduler):
         self.owner = owner or default_owner()
         self._resolve = resolve
         self._notify = notify or (lambda *a, **k: None)
+        # ``notify.has_listeners(hook_name)``, when the callable offers it,
+        # tells whether anyone listens: nobody listening, nothing is read
+        # back from the store for an announcement
+        self._listening = getattr(notify, "has_listeners", None) if notify else (lambda h: False)
         self._lock = threading.RLock()
         # notified whenever a run leaves _inflight (stop() drains on it)
         self._drained = threading.Condition(self._lock)
@@ -195,6 +209,8 @@ class ThreadScheduler(Scheduler):
         self._recovering = False  # the last tick failed: see _round
         # one writer of deferred end records at a time (loop thread, stop())
         self._record_lock = threading.Lock()
+        # handlers' outcomes for the loop to record, a round's worth at once
+        self._end_queue: list[_InFlight] = []
 
     def __repr__(self) -> str:
         return f"ThreadScheduler(owner={self.owner!r}, max_concurrent={self.max_concurrent})"
@@ -236,6 +252,7 @@ class ThreadScheduler(Scheduler):
         # The loop is gone, so ends the store refused are retried here.
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            self._flush_ends()
             self._flush_records()
             with self._drained:
                 if not self._inflight:
@@ -341,14 +358,20 @@ class ThreadScheduler(Scheduler):
         :data:`BLOCKED_RETRY`, and when the cap is reached only a finishing
         run (or a timeout deadline) can change anything.
         """
+        now = self.clock.now()
         with self._lock:
             live = [e for e in self._inflight.values() if not e.ended]
-            candidates = [e.deadline for e in live if e.deadline is not None]
+            # a run not started yet gets its deadline when it starts, which
+            # is later than now + timeout: wake by then at the latest
+            candidates = [e.deadline if e.deadline is not None else now + timedelta(
+                seconds=e.timeout) for e in live if e.timeout]
             unrecorded = any(e.unrecorded is not None for e in self._inflight.values())
             if (live or unrecorded) and self._renew_at is not None:
                 candidates.append(self._renew_at)
+            if self._end_queue:
+                candidates.append(now)  # ends to record: at once
             if unrecorded:
-                candidates.append(self.clock.now() + timedelta(seconds=RECORD_RETRY))
+                candidates.append(now + timedelta(seconds=RECORD_RETRY))
             full = len(self._inflight) >= self.max_concurrent
             plugin_ids = list(self._plugins)
             excluded = set(self._busy) | set(self._blocked)
@@ -387,7 +410,9 @@ class ThreadScheduler(Scheduler):
         return started
 
     def _round(self, now: datetime) -> int:
-        # Ends the store refused before: their jobs stay busy until recorded.
+        # Handlers' outcomes, then ends the store refused before: their jobs
+        # stay busy until recorded.
+        self._flush_ends()
         self._flush_records()
         if self._recovering:
             # The first rounds after a store failure: other schedulers may
@@ -427,48 +452,56 @@ class ThreadScheduler(Scheduler):
         limit = min(free * _SPREAD + len(busy), _MAX_LIMIT)
         due = self.store.due_jobs(now, limit=limit, plugin_ids=plugin_ids)
         due.sort(key=lambda j: (j.next_run_at, zlib.crc32(f"{self.owner}/{j.id}".encode())))
-        for job in due:
-            if started >= free or self._stopping:
+        # still running: the slot waits, the misfire policy decides later
+        queue = [job for job in due if job.id not in busy]
+        lease_until = self._lease_until(now)
+        pos = 0
+        # Claims go to the store a batch at a time (one transaction where the
+        # store can), as many as there is room for; refused claims make room
+        # for the next batch.
+        while started < free and pos < len(queue):
+            if self._stopping:
                 break  # stopping: a slot claimed now would only be recorded cancelled
-            if job.id in busy:
-                continue  # still running: the slot waits, the misfire policy decides later
-            try:
-                plan = plan_slots(job, now)
-            except CronError as exc:
-                # Manifests are validated, so only a stored schedule that no
-                # longer evaluates (time zone data, no fire time left) gets
-                # here; parking the job keeps it from failing every tick, and
-                # a sync with a new schedule gives it a pointer again.
-                logger.error("pjcore job {plugin}/{job} cannot be scheduled and is parked: {error}",
-                             plugin=job.plugin_key, job=job.job_key, error=exc)
-                self.store.claim_slot(job.id, expected=job.next_run_at, run_slot=None,
-                                      next_run_at=None, now=now)
-                continue
-            claim = self.store.claim_slot(
-                job.id,
-                expected=job.next_run_at,
-                run_slot=plan.run_slot,
-                next_run_at=plan.next_run_at,
-                missed=plan.missed,
-                now=now,
-                owner=self.owner,
-                lease_until=self._lease_until(now),
-            )
-            if not claim.applied:
-                # Another scheduler took the slot (the pointer moved: the next
-                # tick sees the new one), the job changed, or a run of it is
-                # in flight elsewhere; only the last would keep it due.
-                with self._lock:
-                    self._blocked[job.id] = now + timedelta(seconds=BLOCKED_RETRY)
-                continue
-            if plan.missed:
-                logger.warning(
-                    "pjcore job {plugin}/{job} missed {n} slot(s) (policy {policy})",
-                    plugin=job.plugin_key, job=job.job_key, n=plan.missed,
-                    policy=job.policy.misfire.value,
-                )
-            if claim.run is not None and self._dispatch(job, claim.run):
-                started += 1
+            batch: list[tuple[Job, Any]] = []
+            while pos < len(queue) and len(batch) < min(free - started, CLAIM_BATCH):
+                job = queue[pos]
+                pos += 1
+                try:
+                    plan = plan_slots(job, now)
+                except CronError as exc:
+                    # Manifests are validated, so only a stored schedule that
+                    # no longer evaluates (time zone data, no fire time left)
+                    # gets here; parking the job keeps it from failing every
+                    # tick, and a sync with a new schedule gives it a pointer.
+                    logger.error("pjcore job {plugin}/{job} cannot be scheduled and is parked: "
+                                 "{error}", plugin=job.plugin_key, job=job.job_key, error=exc)
+                    self.store.claim_slot(job.id, expected=job.next_run_at, run_slot=None,
+                                          next_run_at=None, now=now)
+                    continue
+                batch.append((job, plan))
+            if not batch:
+                break
+            claims = self.store.claim_slots([
+                {"job_id": job.id, "expected": job.next_run_at, "run_slot": plan.run_slot,
+                 "next_run_at": plan.next_run_at, "missed": plan.missed, "now": now,
+                 "owner": self.owner, "lease_until": lease_until}
+                for job, plan in batch])
+            for (job, plan), claim in zip(batch, claims):
+                if not claim.applied:
+                    # Another scheduler took the slot (the pointer moved: the
+                    # next tick sees the new one), the job changed, or a run of
+                    # it is in flight elsewhere; only the last keeps it due.
+                    with self._lock:
+                        self._blocked[job.id] = now + timedelta(seconds=BLOCKED_RETRY)
+                    continue
+                if plan.missed:
+                    logger.warning(
+                        "pjcore job {plugin}/{job} missed {n} slot(s) (policy {policy})",
+                        plugin=job.plugin_key, job=job.job_key, n=plan.missed,
+                        policy=job.policy.misfire.value,
+                    )
+                if claim.run is not None and self._dispatch(job, claim.run):
+                    started += 1
         return started
 
     # -- runs ------------------------------------------------------------------
@@ -565,14 +598,17 @@ class ThreadScheduler(Scheduler):
         """Runs in the worker: start the run, then the handler."""
         now = self.clock.now()
         if entry.timeout:
+            # No wake-up needed: until the deadline is set, the loop plans
+            # to wake at dispatch time + timeout at the latest, which is no
+            # later than this deadline (see _compute_wake_at).
             entry.deadline = now + timedelta(seconds=entry.timeout)
-            self.wake()  # the loop must wake for this deadline
         started = self._mark_running(entry, context)
         if started is None:
             raise RunCancelled(context.cancel_reason or "cancelled before it started")
         if context.trigger is not RunTrigger.schedule:
             self._stamp_manual_start(entry.job, self.clock.now())
-        self._notify("run_started", run=started, job=entry.job)
+        if self._listens("run_started"):
+            self._notify("run_started", run=started, job=entry.job)
         handler = self._resolve(entry.job.plugin_key, entry.job.job_key)
         if handler is None:
             raise HandlerLookupError(entry.job.plugin_key, entry.job.job_key)
@@ -636,8 +672,20 @@ class ThreadScheduler(Scheduler):
             entry.returned = True  # before the record: its announcement waits for the release
         if not entry.ended:
             entry.ended = True
-            self._write_end(entry, RunStatus(outcome.status), outcome.error,
-                            outcome.error_detail)
+            end = (RunStatus(outcome.status), outcome.error, outcome.error_detail,
+                   self.clock.now())
+            with self._lock:
+                # While the loop runs, it records the outcome with the others
+                # of its round (one transaction) and then releases the job;
+                # otherwise (ticks by hand, stopping) it is recorded here.
+                queued = self._thread is not None and not self._stopping
+                if queued:
+                    entry.queued_end = end
+                    self._end_queue.append(entry)
+            if queued:
+                self.wake()
+                return
+            self._write_end(entry, end[0], end[1], end[2])
         self._release(entry)
 
     def _write_end(self, entry: _InFlight, status: RunStatus, error: str | None,
@@ -685,7 +733,8 @@ class ThreadScheduler(Scheduler):
     def _release(self, entry: _InFlight) -> None:
         """Free the job once the handler has returned and the end is recorded."""
         with self._lock:
-            if entry.released or not entry.returned or entry.unrecorded is not None:
+            if (entry.released or not entry.returned or entry.unrecorded is not None
+                    or entry.queued_end is not None):
                 return
             entry.released = True
             if self._busy.get(entry.job.id) == entry.run_id:
@@ -699,6 +748,43 @@ class ThreadScheduler(Scheduler):
             self._inflight.pop(entry.run_id, None)
             self._drained.notify_all()
         self.wake()
+
+    def _flush_ends(self) -> None:
+        """Record the queued outcomes of handlers, in one batch, then free
+        their jobs and announce them. Never raises: if the store refuses, the
+        ends go the way of any end it refused (see :meth:`_write_end`)."""
+        with self._record_lock:
+            with self._lock:
+                batch, self._end_queue = self._end_queue, []
+            if not batch:
+                return
+            try:
+                applied = self.store.complete_runs([
+                    {"run_id": e.run_id, "status": e.queued_end[0], "now": e.queued_end[3],
+                     "error": e.queued_end[1], "error_detail": e.queued_end[2]}
+                    for e in batch])
+            except StoreError as exc:  # the database is unavailable: worth retrying
+                for entry in batch:
+                    status = entry.queued_end[0]
+                    logger.warning("pjcore could not record the end of run {run} of {job} "
+                                   "({status}): {error}; retrying until the store takes it",
+                                   run=entry.run_id, job=entry.job.job_key,
+                                   status=status.value, error=exc)
+                    with self._lock:
+                        entry.unrecorded, entry.queued_end = entry.queued_end, None
+                return
+            except Exception:
+                for entry in batch:
+                    with self._lock:
+                        entry.queued_end = None
+                    self._give_up_recording(entry)
+                    self._release(entry)
+                return
+            for entry, done in zip(batch, applied):
+                with self._lock:
+                    entry.queued_end = None
+                self._recorded(entry, done)
+                self._release(entry)
 
     def _flush_records(self) -> None:
         """Retry the ends the store refused, oldest first. Never raises: a
@@ -777,7 +863,7 @@ class ThreadScheduler(Scheduler):
             # runs not yet recorded terminal: running, or ended here while
             # the store was refusing the record
             ids = [e.run_id for e in self._inflight.values()
-                   if not e.ended or e.unrecorded is not None]
+                   if not e.ended or e.unrecorded is not None or e.queued_end is not None]
         if not ids:
             with self._lock:
                 self._renew_at = None
@@ -900,7 +986,17 @@ class ThreadScheduler(Scheduler):
             raise
         self._dispatch(job, retry)
 
+    def _listens(self, hook_name: str) -> bool:
+        if self._listening is None:
+            return True
+        try:
+            return bool(self._listening(hook_name))
+        except Exception:  # an observer's problem must not stop a run
+            return True
+
     def _announce_end(self, run_id: str, job: Job | None = None) -> None:
+        if not self._listens("run_finished"):
+            return
         try:
             run = self.store.get_run(run_id)
             if run is None:

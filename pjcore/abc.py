@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -193,6 +193,20 @@ class JobStore(metaclass=ABCMeta):
         :return: ``Claim(applied, run)``; *run* is None when no run was created.
         """
 
+    def claim_slots(self, claims: Sequence[Mapping[str, Any]]) -> list["Claim"]:
+        """:meth:`claim_slot` for each of *claims* (each a mapping of
+        ``claim_slot``'s arguments, ``job_id`` included), in order.
+
+        Each claim applies or is refused on its own, exactly as
+        :meth:`claim_slot` would decide it; a store may apply them in one
+        transaction (a dispatch round claims all its due jobs at once).
+        The default calls :meth:`claim_slot` once per claim; an exception
+        ends the batch (claims applied before it stay applied).
+
+        :return: one :class:`~pjcore.models.Claim` per claim, in order.
+        """
+        return [self.claim_slot(**claim) for claim in claims]
+
     @abstractmethod
     def delete_plugin(self, plugin_id: str) -> int:
         """Delete every job and run of the plugin, in one transaction.
@@ -263,6 +277,18 @@ class JobStore(metaclass=ABCMeta):
         :raises ValueError: *status* is not terminal.
         :return: whether it applied.
         """
+
+    def complete_runs(self, ends: Sequence[Mapping[str, Any]]) -> list[bool]:
+        """:meth:`complete_run` for each of *ends* (each a mapping of
+        ``complete_run``'s arguments, ``run_id`` included), in order; a store
+        may apply them in one transaction. Each applies or not on its own,
+        exactly as :meth:`complete_run` decides. The default calls
+        :meth:`complete_run` once per end; an exception ends the batch (ends
+        applied before it stay applied).
+
+        :return: whether each applied, in order.
+        """
+        return [self.complete_run(**end) for end in ends]
 
     @abstractmethod
     def renew_leases(

@@ -240,7 +240,7 @@ class CronSchedule:
     """
 
     __slots__ = ("expression", "timezone", "_seconds", "_tz", "_iters", "_lock",
-                 "_hour_wild", "__weakref__")
+                 "_hour_wild", "_memo", "__weakref__")
 
     def __init__(self, expression: str, timezone_name: str = "UTC") -> None:
         fields, self._seconds = _normalize(expression)
@@ -250,6 +250,9 @@ class CronSchedule:
         hour, dom, month, dow = fields[-4:]
         self._hour_wild = hour == "*" or hour == ",".join(map(str, range(24)))
         self._lock = threading.Lock()
+        # next_after by UTC instant: jobs sharing a schedule ask for the same
+        # instants (a burst of jobs due at one slot asks for one)
+        self._memo: dict[datetime, datetime] = {}
         # Vixie OR is built here, not left to croniter: croniter ANDs the day
         # fields whenever one side uses ``W`` or ``#`` (``0 0 15W * MON``
         # would never fire on Mondays). Each side is a croniter with the other
@@ -338,6 +341,16 @@ class CronSchedule:
     def next_after(self, after: datetime) -> datetime:
         """The first fire time strictly after the aware instant *after*, in UTC."""
         after = _aware(after).astimezone(UTC)
+        found = self._memo.get(after)
+        if found is None:
+            found = self._next_after(after)
+            memo = self._memo
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()  # bounded; a dict op is atomic under the GIL
+            memo[after] = found
+        return found
+
+    def _next_after(self, after: datetime) -> datetime:
         local = after.astimezone(self._tz)
         # A fixed-hour schedule fires a repeated wall time at its first
         # occurrence only, even when *after* lies in the second pass;
@@ -374,6 +387,10 @@ class CronSchedule:
             t = self.next_after(t)
             out.append(t)
         return out
+
+
+#: next_after results kept per schedule
+_MEMO_SIZE = 64
 
 
 @lru_cache(maxsize=4096)

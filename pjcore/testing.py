@@ -562,6 +562,82 @@ class JobStoreContract:
         assert [r.id for r in store.list_runs(job_id=job.id).runs] == [run.id]
         assert store.get_job(job.id).next_run_at == slot + timedelta(minutes=15)
 
+    def test_claim_slots_decides_each_claim_as_claim_slot_would(self, store):
+        jobs = self.seed(store, declaration("a", EVERY_15), declaration("b", EVERY_15),
+                         declaration("c", EVERY_15), declaration("d", EVERY_15),
+                         declaration("e", EVERY_15))
+        a, b, c, d, e = (jobs[k] for k in "abcde")
+        slot = a.next_run_at
+        nxt = slot + timedelta(minutes=15)
+        store.create_run(b.id, trigger="manual", now=T0)  # b: a run in flight
+        done = store.create_run(d.id, trigger="schedule", now=slot, scheduled_for=slot)
+        store.complete_run(done.id, status="succeeded", now=slot)  # d: slot already ran
+        store.pause_job(e.id, now=T0)  # e: paused
+
+        def claim(job, expected=slot, run_slot=slot, **kw):
+            return {"job_id": job.id, "expected": expected, "run_slot": run_slot,
+                    "next_run_at": nxt, "now": slot, "owner": "me",
+                    "lease_until": slot + timedelta(minutes=1), **kw}
+
+        results = store.claim_slots([
+            claim(a), claim(b), claim(c, expected=slot - timedelta(minutes=15)), claim(d),
+            claim(e), {"job_id": "no-such-job", "expected": slot, "run_slot": slot,
+                       "next_run_at": nxt, "now": slot}])
+        assert [r.applied for r in results] == [True, False, False, True, False, False]
+        run = results[0].run
+        assert run is not None and store.get_run(run.id) == run
+        assert run.status is RunStatus.queued and run.scheduled_for == slot
+        assert run.owner == "me" and run.job_key == "a"
+        assert results[3].run is None  # a slot never runs twice; the pointer still moves
+        assert all(r.run is None for r in results[1:])
+        assert store.get_job(a.id).next_run_at == nxt and store.get_job(a.id).last_run_at == slot
+        assert store.get_job(b.id).next_run_at == slot  # refused: pointer kept
+        assert store.get_job(c.id).next_run_at == slot
+        assert store.get_job(d.id).next_run_at == nxt
+        # missed slots only, and an empty batch
+        more = store.claim_slots([claim(c, run_slot=None, missed=2)])
+        assert more[0].applied and more[0].run is None
+        assert store.get_job(c.id).missed_count == 2 and store.get_job(c.id).next_run_at == nxt
+        assert store.claim_slots([]) == []
+
+    def test_concurrent_claim_batches_apply_each_slot_once(self, store):
+        jobs = self.seed(store, *[declaration(f"j{i}", EVERY_15) for i in range(6)])
+        slot = next(iter(jobs.values())).next_run_at
+        batch = [{"job_id": j.id, "expected": slot, "run_slot": slot,
+                  "next_run_at": slot + timedelta(minutes=15), "now": slot}
+                 for j in jobs.values()]
+        results = race(6, lambda i: store.claim_slots(batch[i:] + batch[:i]))
+        assert [kind for kind, _ in results] == ["ok"] * 6
+        for job in jobs.values():  # every slot claimed, by one batch only
+            assert len(store.list_runs(job_id=job.id).runs) == 1
+        total = sum(c.applied for _, claims in results for c in claims)
+        assert total == len(jobs)
+
+    def test_complete_runs_decides_each_end_as_complete_run_would(self, store):
+        jobs = self.seed(store, declaration("a", EVERY_15), declaration("b", EVERY_15),
+                         declaration("c", EVERY_15))
+        now = hm(10, 46)
+        running = self.run(store, jobs["a"], hm(10, 45), "running")
+        queued = self.run(store, jobs["b"], hm(10, 45))
+        done = self.run(store, jobs["c"], hm(10, 45), "succeeded")
+        applied = store.complete_runs([
+            {"run_id": running.id, "status": "succeeded", "now": now},
+            {"run_id": queued.id, "status": RunStatus.failed, "now": now, "error": "boom",
+             "error_detail": "trace"},
+            {"run_id": done.id, "status": "failed", "now": now},
+            {"run_id": "no-such-run", "status": "failed", "now": now},
+        ])
+        assert applied == [True, True, False, False]
+        a, b, c = (store.get_run(r.id) for r in (running, queued, done))
+        assert a.status is RunStatus.succeeded and a.finished_at == now
+        assert a.duration_ms == 60_000
+        assert b.status is RunStatus.failed and b.error == "boom" and b.error_detail == "trace"
+        assert b.duration_ms is None  # never started
+        assert c.status is RunStatus.succeeded  # a terminal status is never overwritten
+        assert store.complete_runs([]) == []
+        with pytest.raises(ValueError):
+            store.complete_runs([{"run_id": running.id, "status": "running", "now": now}])
+
     def test_concurrent_claims_of_one_job_apply_once(self, store):
         job = self.one_job(store)
         slot = job.next_run_at

@@ -1485,3 +1485,49 @@ def test_a_run_triggered_right_after_start_is_not_taken_for_a_leftover(tmp_path)
             assert env.store.get_run(run_id).status is RunStatus.succeeded
         finally:
             env.close()
+
+
+# -- announcements nobody listens to ----------------------------------------------
+
+
+class _Notify:
+    """A notify callable that says who listens (``has_listeners``)."""
+
+    def __init__(self, listening: set[str]) -> None:
+        self.listening = listening
+        self.events: list[tuple[str, Any]] = []
+
+    def __call__(self, name: str, run: Any, job: Any) -> None:
+        self.events.append((name, run))
+
+    def has_listeners(self, name: str) -> bool:
+        return name in self.listening
+
+
+@pytest.mark.parametrize("listening", [set(), {"run_finished"}])
+def test_announcements_are_skipped_when_nobody_listens(listening):
+    store = MemoryJobStore()
+    reads: list[str] = []
+    get_run = store.get_run
+    store.get_run = lambda run_id: reads.append(run_id) or get_run(run_id)
+    notify = _Notify(listening)
+    clock = ManualClock(T0)
+    runner = ThreadRunner(max_workers=2)
+    scheduler = ThreadScheduler(store=store, runner=runner, clock=clock, notify=notify,
+                                resolve=lambda plugin_key, job_key: (lambda ctx: None))
+    try:
+        store.sync_jobs(PLUGIN, KEY, [decl("sync")], now=clock.now())
+        scheduler.register_plugin(PLUGIN, KEY)
+        clock.set(hm(10, 45))
+        assert scheduler.tick() == 1
+        wait_for(lambda: not scheduler.diagnostics()["active_run_ids"], 5, "run finished")
+        (run,) = store.list_runs(plugin_id=PLUGIN).runs
+        assert run.status is RunStatus.succeeded  # recorded all the same
+        if listening:
+            assert [name for name, _ in notify.events] == ["run_finished"]
+            assert notify.events[0][1] == run and reads == [run.id]
+        else:
+            assert notify.events == [] and reads == []
+    finally:
+        scheduler.stop()
+        runner.stop()
