@@ -61,6 +61,20 @@ def _create(backends: Any, kind: str, name: Any, **options: Any) -> Any:
         raise ConfigurationError(f"cannot create the {kind} backend {name!r}: {exc}") from exc
 
 
+class _Notifier:
+    """The scheduler's ``notify``: observability hooks, impl by impl, and
+    whether anyone listens (nobody listening, runs are not read back)."""
+
+    def __init__(self, pm: PluginManager) -> None:
+        self._pm = pm
+
+    def __call__(self, hook_name: str, **kwargs: Any) -> None:
+        notify(self._pm, hook_name, **kwargs)
+
+    def has_listeners(self, hook_name: str) -> bool:
+        return bool(getattr(self._pm.hook, hook_name).get_hookimpls())
+
+
 class Host:
     """Builds the plugin manager and the backends, and runs them.
 
@@ -123,7 +137,7 @@ class Host:
                 store=self.store,
                 runner=self.runner,
                 resolve=self._resolve,
-                notify=self._notify,
+                notify=_Notifier(self.pm),
                 clock=self.clock,
                 max_concurrent=max_concurrent,
                 default_timeout=default_timeout,
@@ -146,9 +160,6 @@ class Host:
     def _resolve(self, plugin_key: str, job_key: str):
         handler = self.pm.handlers.find(plugin_key, job_key)
         return None if handler is None else handler.func
-
-    def _notify(self, hook_name: str, **kwargs: Any) -> None:
-        notify(self.pm, hook_name, **kwargs)
 
     # -- lifecycle -------------------------------------------------------------
 
