@@ -72,8 +72,9 @@ def plugin_env(site: Path | None, **extra: str) -> dict[str, str]:
 
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll *condition* until truthy; fail after *timeout* real seconds."""
+def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition",
+             *, poll: float = 0.002) -> Any:
+    """Poll *condition* every *poll* seconds until truthy; fail after *timeout* real seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
@@ -81,4 +82,4 @@ def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "co
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.002)
+        time.sleep(poll)

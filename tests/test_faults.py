@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+import pjtest
 import pytest
 
 from conftest import make_postgres_store, postgres_required
@@ -80,14 +81,7 @@ class Workers:
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.05)
+    return pjtest.wait_for(condition, timeout, what, poll=0.05)
 
 
 def check_exits(workers: Workers, summaries: list, *, killed: int | None = None) -> None:

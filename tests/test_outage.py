@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+import pjtest
 import pytest
 from loguru import logger
 
@@ -162,14 +163,7 @@ def log():
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.01)
+    return pjtest.wait_for(condition, timeout, what, poll=0.01)
 
 
 def decl(job_key: str, schedule: str = "* * * * *", **policy: Any) -> JobDeclaration:

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import pytest
+from pjtest import wait_for
 from loguru import logger
 
 from pjcore.clock import ManualClock, SystemClock
@@ -48,18 +49,6 @@ def hm(hour: int, minute: int, second: int = 0) -> datetime:
 def decl(job_key: str, schedule: str | None = EVERY_15, **policy: Any) -> JobDeclaration:
     return JobDeclaration(job_key=job_key, display_name=job_key.title(), schedule=schedule,
                           policy=JobPolicy(**policy))
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll *condition* until truthy; fail after *timeout* real seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.002)
 
 
 class Gate:

@@ -15,7 +15,6 @@ import re
 import subprocess
 import sysconfig
 import threading
-import time
 import traceback
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import pjtest
 import pytest
 from loguru import logger
 
@@ -59,14 +59,7 @@ def manifest(key: str, *job_keys: str) -> dict:
 
 
 def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.005)
+    return pjtest.wait_for(condition, timeout, what, poll=0.005)
 
 
 class Handlers:
