@@ -17,6 +17,7 @@ import re
 import select
 import sqlite3
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Sequence
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -789,7 +790,7 @@ class PeeweeJobStore(BaseJobStore):
             self._discard_connection()
         if not db.is_closed():
             return
-        db.connect()
+        self._open_connection()
         if self._pooled:
             # Pooled connections sat idle too: after a restart every one of
             # them is dead. Discard them until a live (or new) one comes.
@@ -811,6 +812,24 @@ class PeeweeJobStore(BaseJobStore):
                     self._close_raw(conn)
             alive.append((me, db.connection()))
             self._conns = alive
+
+    def _open_connection(self) -> None:
+        if self._pg:
+            self._db.connect()
+            return
+        # Switching a new SQLite file to WAL (a connect-time pragma) needs an
+        # exclusive lock and reports "database is locked" at once instead of
+        # waiting on the busy timeout when another process opens the file at
+        # the same moment: retry for as long as the busy timeout would wait.
+        deadline = time.monotonic() + float(getattr(self._db, "_timeout", None) or SQLITE_TIMEOUT)
+        while True:
+            try:
+                self._db.connect()
+                return
+            except pw.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _release(self) -> None:
         """Give this thread's connection back to the pool between operations."""

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -550,3 +551,26 @@ def test_exclusive_create_run_from_two_processes_lets_one_through(open_store):
     assert sum(r["refused"] for r in results) == len(job_ids)
     for job_id in job_ids:
         assert len(store.list_runs(job_id=job_id).runs) == 1
+
+
+_OPEN_AT = """
+import sys, time
+from pjcore.contrib.peewee_store import PeeweeJobStore
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+PeeweeJobStore(f"sqlite:///{sys.argv[1]}").close()
+"""
+
+
+def test_two_processes_creating_one_sqlite_file_at_once_both_succeed(tmp_path):
+    # Turning a new file to WAL reports "database is locked" at once instead
+    # of waiting; the store retries it for as long as its busy timeout.
+    for attempt in range(5):
+        path = tmp_path / f"fresh-{attempt}.db"
+        start = str(time.time() + 0.7)
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, str(path), start],
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
