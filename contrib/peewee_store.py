@@ -20,7 +20,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Sequence
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import attrs
 import peewee as pw
@@ -52,6 +52,7 @@ from pjcore.models import (
     as_aware_utc,
 )
 from pjcore.store_base import (
+    redact_url,
     BaseJobStore,
     check_limit,
     decode_cursor,
@@ -261,34 +262,16 @@ MIGRATIONS: list[Migration] = [
 # -- configuration -----------------------------------------------------------
 
 
-def _redact(url: str) -> str:
-    """*url* for messages: a password in the user part or in the query
-    (``?password=...``, which libpq accepts too) becomes ``***``."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    secret_query = any(k.lower() == "password" for k, _ in query)
-    if parts.password is None and not secret_query:
-        return url
-    if parts.password is not None:
-        netloc = parts.netloc.rpartition("@")
-        user = netloc[0].partition(":")[0]
-        parts = parts._replace(netloc=f"{user}:***@{netloc[2]}")
-    if secret_query:
-        query = [(k, "***" if k.lower() == "password" else v) for k, v in query]
-        parts = parts._replace(query=urlencode(query, safe="*"))
-    return parts.geturl()
-
-
 def _sqlite_database(url: str, parts, options: dict[str, Any]) -> pw.SqliteDatabase:
     if parts.netloc:
         raise ConfigurationError(
-            f"SQLite URL {_redact(url)!r} has a host part: use sqlite:///relative/path.db "
+            f"SQLite URL {redact_url(url)!r} has a host part: use sqlite:///relative/path.db "
             "or sqlite:////absolute/path.db"
         )
     path = unquote(parts.path[1:])
     if not path or path == ":memory:" or path.startswith("file:"):
         raise ConfigurationError(
-            f"SQLite URL {_redact(url)!r} must name a database file "
+            f"SQLite URL {redact_url(url)!r} must name a database file "
             "(for a store in memory use the 'memory' backend)"
         )
     unknown = set(options) - {"timeout", "pragmas"}
@@ -329,11 +312,11 @@ def _postgres_database(url: str, parts, options: dict[str, Any]) -> pw.Postgresq
     try:
         port = parts.port
     except ValueError:
-        raise ConfigurationError(f"invalid port in database URL {_redact(url)!r}") from None
+        raise ConfigurationError(f"invalid port in database URL {redact_url(url)!r}") from None
     dbname = unquote(parts.path.lstrip("/"))
     if not dbname or "/" in dbname:
         raise ConfigurationError(
-            f"database URL {_redact(url)!r} must name one database: "
+            f"database URL {redact_url(url)!r} must name one database: "
             "postgresql://user:password@host:port/dbname"
         )
     params: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT}
@@ -367,7 +350,7 @@ def _open_database(url: str, options: dict[str, Any]) -> pw.Database:
     if scheme in ("postgresql", "postgres"):
         return _postgres_database(url, parts, options)
     raise ConfigurationError(
-        f"unsupported database URL scheme {scheme!r} in {_redact(url)!r} "
+        f"unsupported database URL scheme {scheme!r} in {redact_url(url)!r} "
         "(supported: sqlite, postgresql, postgres)"
     )
 

@@ -62,7 +62,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, ContextManager, Iterator, Sequence
-from urllib.parse import urlsplit
 
 try:
     import resource
@@ -72,6 +71,7 @@ except ImportError:  # not on Windows: peak memory is then not reported
 from pjcore.clock import SystemClock
 from pjcore.hookspecs import hookimpl
 from pjcore.manifest import MAX_JOBS
+from pjcore.store_base import redact_url
 
 __all__ = [
     "FastForwardClock",
@@ -612,14 +612,6 @@ def drop_tables(target: Target) -> None:
         store.close()
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
-
-
 def _environment(settings: Settings, engine: str) -> dict:
     import sqlite3
 
@@ -631,7 +623,7 @@ def _environment(settings: Settings, engine: str) -> dict:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "engine": engine,
-        "database": _redact(settings.database) if settings.database
+        "database": redact_url(settings.database) if settings.database
         else "new file per repetition, temporary folder",
     }
     if engine == "sqlite":
@@ -662,7 +654,7 @@ def measure(settings: Settings, progress: Callable[[str], None] = lambda line: N
                     if settings.database and not settings.keep:
                         drop_tables(target)
                 result["table_prefix"] = target.table_prefix
-                result["database"] = _redact(url)
+                result["database"] = redact_url(url)
                 raw[worker].append(result)
     finally:
         if workdir is not None and not settings.keep:

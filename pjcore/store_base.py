@@ -7,6 +7,7 @@ planning and the cursor format; nothing requires it.
 from __future__ import annotations
 
 import uuid
+from urllib.parse import parse_qsl, urlencode, urlsplit
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -197,6 +198,24 @@ def duration_ms(started_at: datetime | None, now: datetime) -> int | None:
     if started_at is None:
         return None
     return max(0, int((now - started_at).total_seconds() * 1000))
+
+
+def redact_url(url: str) -> str:
+    """*url* for messages: a password in the user part or in the query
+    (``?password=...``, which libpq accepts too) becomes ``***``."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    secret_query = any(k.lower() == "password" for k, _ in query)
+    if parts.password is None and not secret_query:
+        return url
+    if parts.password is not None:
+        netloc = parts.netloc.rpartition("@")
+        user = netloc[0].partition(":")[0]
+        parts = parts._replace(netloc=f"{user}:***@{netloc[2]}")
+    if secret_query:
+        query = [(k, "***" if k.lower() == "password" else v) for k, v in query]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return parts.geturl()
 
 
 class BaseJobStore(JobStore):
