@@ -634,8 +634,10 @@ class _HotSQL:
                 J.id.in_([_arg(i) for i in range(n)]))
         if kind == "lock_many":
             (n,) = shape
-            query = J.select(J.id, J.plugin_id, J.job_key, J.next_run_at).where(
-                active & J.id.in_([_arg(i) for i in range(n)]))
+            # the status is checked by the caller, as for "look": in the
+            # WHERE clause it leads SQLite to walk every active job
+            query = J.select(J.id, J.plugin_id, J.job_key, J.next_run_at, J.status).where(
+                J.id.in_([_arg(i) for i in range(n)]))
             return query.for_update(skip_locked=True) if self._pg else query
         if kind == "runs_many":
             n, slots = shape
@@ -1194,7 +1196,8 @@ class PeeweeJobStore(BaseJobStore):
         # (skipping those another scheduler is claiming right now).
         for chunk in _chunks(ids):
             for row in self._exec(sql.get(("lock_many", len(chunk))), chunk).fetchall():
-                jobs[row[0]] = row
+                if row[4] == JobStatus.active.value:
+                    jobs[row[0]] = row
         ready = [c for c in claims if c["job_id"] in jobs
                  and jobs[c["job_id"]][3] == _us(c.get("expected"))]
         runs: dict[str, list[tuple[str, int | None]]] = {}
@@ -1356,6 +1359,22 @@ class PeeweeJobStore(BaseJobStore):
             cursor = self._exec(self._sql.mark_running,
                                 (_us(now), owner, _us(lease_until), run_id))
         return cursor.rowcount == 1
+
+    @_operation
+    def mark_runs_running(
+        self,
+        run_ids: Sequence[str],
+        *,
+        now: datetime,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> list[bool]:
+        if not run_ids:
+            return []
+        now_us, until_us = _us(now), _us(lease_until)
+        with self._write():
+            return [self._exec(self._sql.mark_running, (now_us, owner, until_us, run_id)).rowcount
+                    == 1 for run_id in run_ids]
 
     def _finish(self, now_us: int, status: RunStatus, error: str | None) -> dict[str, Any]:
         R = self._Run

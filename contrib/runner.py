@@ -104,6 +104,12 @@ class ThreadRunner(Runner):
         future.add_done_callback(self._forget)
         return future
 
+    def idle_workers(self) -> int:
+        # a call counts until its done callbacks ran, after its handler
+        # returned: never fewer busy workers than there really are
+        with self._lock:
+            return 0 if self._stopped else max(0, self.max_workers - len(self._inflight))
+
     def _forget(self, future: Future) -> None:
         with self._lock:
             self._inflight.discard(future)

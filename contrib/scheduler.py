@@ -36,6 +36,7 @@ from pjcore.exceptions import (
 from pjcore.manifest import AbandonPolicy
 from pjcore.models import Job, JobRun, JobStatus, RunStatus, RunTrigger
 from pjcore.slots import plan_slots
+from pjcore.store_base import duration_ms
 
 __all__ = ["ThreadScheduler"]
 
@@ -90,6 +91,15 @@ class _InFlight:
     deadline: datetime | None
     timeout: float | None
     future: Future | None = None
+    #: the run as the store holds it once the loop marked it ``running``
+    #: (renewed leases included; only the loop writes it)
+    started: JobRun | None = None
+    #: the loop's batched start raised: the worker starts the run on its
+    #: own, and first checks whether that attempt committed all the same
+    start_failed: bool = False
+    #: the loop's batched start did not apply (the run was ended meanwhile):
+    #: the handler is not called
+    start_refused: bool = False
     #: the terminal status is decided (handler outcome, timeout, cancel,
     #: shutdown): nothing else may decide it
     ended: bool = False
@@ -104,6 +114,8 @@ class _InFlight:
     queued_end: tuple[RunStatus, str | None, str | None, datetime] | None = None
     #: recorded by this scheduler; run_finished is announced once the job is free
     announce: bool = False
+    #: the run as recorded, when known without reading it back
+    final: JobRun | None = None
     #: left _inflight (guards against a double release)
     released: bool = False
 
@@ -486,6 +498,7 @@ class ThreadScheduler(Scheduler):
                  "next_run_at": plan.next_run_at, "missed": plan.missed, "now": now,
                  "owner": self.owner, "lease_until": lease_until}
                 for job, plan in batch])
+            claimed: list[tuple[Job, JobRun]] = []
             for (job, plan), claim in zip(batch, claims):
                 if not claim.applied:
                     # Another scheduler took the slot (the pointer moved: the
@@ -500,8 +513,9 @@ class ThreadScheduler(Scheduler):
                         plugin=job.plugin_key, job=job.job_key, n=plan.missed,
                         policy=job.policy.misfire.value,
                     )
-                if claim.run is not None and self._dispatch(job, claim.run):
-                    started += 1
+                if claim.run is not None:
+                    claimed.append((job, claim.run))
+            started += self._dispatch_many(claimed)
         return started
 
     # -- runs ------------------------------------------------------------------
@@ -551,7 +565,60 @@ class ThreadScheduler(Scheduler):
         return now + timedelta(seconds=self.lease_seconds)
 
     def _dispatch(self, job: Job, run: JobRun) -> bool:
-        """Hand a queued run to the runner; False if it was refused and recorded."""
+        """Hand a queued run to the runner; False if it was refused and recorded.
+        The worker marks it running."""
+        entry = self._admit(job, run)
+        if entry is None:
+            return False
+        self._submit(entry)
+        return True
+
+    def _dispatch_many(self, claimed: list[tuple[Job, JobRun]]) -> int:
+        """Hand a round's queued runs to the runner, marked running together
+        first (one store call instead of one per worker) as far as the
+        runner has idle workers for them; how many went."""
+        entries = [e for e in (self._admit(job, run) for job, run in claimed) if e is not None]
+        if entries:
+            try:
+                idle = self.runner.idle_workers() or 0
+            except Exception:  # a runner's bug must not stop the round
+                logger.exception("pjcore runner could not tell its idle workers")
+                idle = 0
+            if idle > 0:
+                self._start_many(entries[:idle])
+        for entry in entries:
+            self._submit(entry)
+        return len(entries)
+
+    def _start_many(self, entries: list[_InFlight]) -> None:
+        """``queued`` -> ``running`` for *entries*, just before they are
+        submitted (the runner has room for each: ticks never exceed the cap)."""
+        now = self.clock.now()
+        lease_until = self._lease_until(now)
+        try:
+            applied = self.store.mark_runs_running([e.run_id for e in entries], now=now,
+                                                   owner=self.owner, lease_until=lease_until)
+        except Exception as exc:
+            # Each worker starts its run on its own, retrying through an
+            # outage exactly as a run dispatched alone does.
+            logger.warning("pjcore could not start {n} run(s) together: {error}; starting "
+                           "them one by one", n=len(entries), error=exc)
+            for entry in entries:
+                entry.start_failed = True
+            return
+        for entry, ok in zip(entries, applied):
+            if not ok:
+                entry.start_refused = True
+                continue
+            if entry.timeout:
+                entry.deadline = now + timedelta(seconds=entry.timeout)
+            # what the store now holds, without reading it back
+            entry.started = attrs.evolve(entry.run, status=RunStatus.running, started_at=now,
+                                         owner=self.owner, lease_until=lease_until)
+
+    def _admit(self, job: Job, run: JobRun) -> _InFlight | None:
+        """The in-flight entry of a queued run, its job now busy; None if the
+        run may not start (it is recorded cancelled)."""
         timeout = self._timeout_for(job)
         context = JobContext(
             plugin_id=job.plugin_id,
@@ -583,27 +650,36 @@ class ThreadScheduler(Scheduler):
                 del self._busy[job.id]
         if refusal is not None:
             self._record(run.id, job, RunStatus.cancelled, refusal)
-            return False
+            return None
+        return entry
+
+    def _submit(self, entry: _InFlight) -> None:
         try:
-            future = self.runner.submit(lambda ctx: self._execute(entry, ctx), context)
+            future = self.runner.submit(lambda ctx: self._execute(entry, ctx), entry.context)
         except Exception as exc:  # a runner must not raise; never leave the job busy forever
-            logger.opt(exception=exc).error("pjcore runner refused run {run}", run=run.id)
+            logger.opt(exception=exc).error("pjcore runner refused run {run}", run=entry.run_id)
             future = Future()
             future.set_result(Outcome("failed", f"runner error: {exc!r}"))
         entry.future = future
         future.add_done_callback(lambda f: self._finished(entry, f))
-        return True
 
     def _execute(self, entry: _InFlight, context: JobContext) -> Any:
-        """Runs in the worker: start the run, then the handler."""
-        now = self.clock.now()
-        if entry.timeout:
-            # No wake-up needed: until the deadline is set, the loop plans
-            # to wake at dispatch time + timeout at the latest, which is no
-            # later than this deadline (see _compute_wake_at).
-            entry.deadline = now + timedelta(seconds=entry.timeout)
-        started = self._mark_running(entry, context)
+        """Runs in the worker: start the run (unless the loop did), then the handler."""
+        started = entry.started
         if started is None:
+            if entry.start_refused:
+                raise RunCancelled(context.cancel_reason or "cancelled before it started")
+            now = self.clock.now()
+            if entry.timeout:
+                # No wake-up needed: until the deadline is set, the loop plans
+                # to wake at dispatch time + timeout at the latest, which is no
+                # later than this deadline (see _compute_wake_at).
+                entry.deadline = now + timedelta(seconds=entry.timeout)
+            started = self._mark_running(entry, context)
+            if started is None:
+                raise RunCancelled(context.cancel_reason or "cancelled before it started")
+        elif context.cancelled:
+            # ended (timed out, unregistered, stopping) before a worker took it
             raise RunCancelled(context.cancel_reason or "cancelled before it started")
         if context.trigger is not RunTrigger.schedule:
             self._stamp_manual_start(entry.job, self.clock.now())
@@ -623,7 +699,8 @@ class ThreadScheduler(Scheduler):
         claimed and leased to this scheduler, so it is still ours to run
         once the store is back, and recording it failed would lose it.
         """
-        failures = 0
+        # a batched start that raised may have committed all the same
+        failures = 1 if entry.start_failed else 0
         while True:
             now = self.clock.now()
             try:
@@ -743,7 +820,7 @@ class ThreadScheduler(Scheduler):
         # again, and before the entry leaves _inflight, so stop() (and a
         # host closing the store after it) waits for the announcement.
         if entry.announce:
-            self._announce_end(entry.run_id, entry.job)
+            self._announce_end(entry.run_id, entry.job, entry.final)
         with self._lock:
             self._inflight.pop(entry.run_id, None)
             self._drained.notify_all()
@@ -781,6 +858,13 @@ class ThreadScheduler(Scheduler):
                     self._release(entry)
                 return
             for entry, done in zip(batch, applied):
+                status, error, _, ended_at = entry.queued_end
+                if done and status is RunStatus.succeeded and entry.started is not None:
+                    # exactly what the store now holds (an error text could
+                    # come back altered by the store: those are read back)
+                    entry.final = attrs.evolve(
+                        entry.started, status=status, finished_at=ended_at,
+                        duration_ms=duration_ms(entry.started.started_at, ended_at))
                 with self._lock:
                     entry.queued_end = None
                 self._recorded(entry, done)
@@ -868,10 +952,13 @@ class ThreadScheduler(Scheduler):
             with self._lock:
                 self._renew_at = None
             return
-        renewed = set(self.store.renew_leases(self.owner, ids,
-                                              lease_until=self._lease_until(now), now=now))
+        lease_until = self._lease_until(now)
+        renewed = set(self.store.renew_leases(self.owner, ids, lease_until=lease_until, now=now))
         with self._lock:
             self._renew_at = now + timedelta(seconds=self.lease_seconds / 3)
+            for e in self._inflight.values():
+                if e.run_id in renewed and e.started is not None:
+                    e.started = attrs.evolve(e.started, lease_until=lease_until)
             lost = [e for e in self._inflight.values()
                     if e.run_id in ids and e.run_id not in renewed and not e.ended]
         # Ended behind our back (abandoned or cancelled by another scheduler):
@@ -994,8 +1081,12 @@ class ThreadScheduler(Scheduler):
         except Exception:  # an observer's problem must not stop a run
             return True
 
-    def _announce_end(self, run_id: str, job: Job | None = None) -> None:
+    def _announce_end(self, run_id: str, job: Job | None = None,
+                      run: JobRun | None = None) -> None:
         if not self._listens("run_finished"):
+            return
+        if run is not None and job is not None:
+            self._notify("run_finished", run=run, job=job)
             return
         try:
             run = self.store.get_run(run_id)

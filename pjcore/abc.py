@@ -260,6 +260,26 @@ class JobStore(metaclass=ABCMeta):
         :return: whether it applied (``False`` also for an unknown id).
         """
 
+    def mark_runs_running(
+        self,
+        run_ids: Sequence[str],
+        *,
+        now: datetime,
+        owner: str | None = None,
+        lease_until: datetime | None = None,
+    ) -> list[bool]:
+        """:meth:`mark_running` for each of *run_ids*, with the same *now*,
+        *owner* and *lease_until*, in order; a store may apply them in one
+        transaction. Each applies or not on its own, exactly as
+        :meth:`mark_running` decides. The default calls :meth:`mark_running`
+        once per run; an exception ends the batch (runs marked before it stay
+        marked).
+
+        :return: whether each applied, in order.
+        """
+        return [self.mark_running(run_id, now=now, owner=owner, lease_until=lease_until)
+                for run_id in run_ids]
+
     @abstractmethod
     def complete_run(
         self,
@@ -408,6 +428,18 @@ class Runner(metaclass=ABCMeta):
         :class:`~pjcore.context.RunCancelled` gives ``"cancelled"``. Both
         plain functions and ``async def`` functions are supported.
         """
+
+    def idle_workers(self) -> int | None:
+        """How many calls :meth:`submit` would start at once right now, each
+        on a worker of its own with nothing queued ahead of it; ``None`` if
+        the runner cannot tell (the default).
+
+        A scheduler records that many runs ``running`` together before it
+        submits them, saving a store write per run; every other run is
+        recorded ``running`` by its worker as the handler starts. Never count
+        a worker that may be busy: a run recorded running must not wait.
+        """
+        return None
 
     @abstractmethod
     def stop(self, timeout: float | None = None) -> bool:

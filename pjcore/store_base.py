@@ -6,9 +6,11 @@ planning and the cursor format; nothing requires it.
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from urllib.parse import parse_qsl, urlencode, urlsplit
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 import attrs
@@ -26,7 +28,15 @@ MAX_PAGE = 1000
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A UUID version 7 (RFC 9562): the Unix time in milliseconds, then 74
+    random bits. Ids made later sort later, so rows a store inserts together
+    land side by side in its id indexes (a random UUID scatters each into a
+    page of its own, and every page touched is written at commit)."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    # version 7 in bits 76-79, variant 0b10 in bits 62-63
+    value = value & ~(0xF << 76) | 0x7 << 76
+    value = value & ~(0x3 << 62) | 0x2 << 62
+    return str(uuid.UUID(int=value))
 
 
 def first_fire(decl_schedule: str | None, tz: str, now: datetime) -> datetime | None:
@@ -197,7 +207,9 @@ def terminal_status(status: RunStatus | str) -> RunStatus:
 def duration_ms(started_at: datetime | None, now: datetime) -> int | None:
     if started_at is None:
         return None
-    return max(0, int((now - started_at).total_seconds() * 1000))
+    # whole milliseconds, truncated, in integer arithmetic (as the SQL
+    # stores compute it): a float product could land a millisecond short
+    return max(0, (now - started_at) // timedelta(milliseconds=1))
 
 
 def redact_url(url: str) -> str:

@@ -638,6 +638,23 @@ class JobStoreContract:
         with pytest.raises(ValueError):
             store.complete_runs([{"run_id": running.id, "status": "running", "now": now}])
 
+    def test_mark_runs_running_decides_each_run_as_mark_running_would(self, store):
+        jobs = self.seed(store, declaration("a", EVERY_15), declaration("b", EVERY_15),
+                         declaration("c", EVERY_15))
+        queued = self.run(store, jobs["a"], hm(10, 45))
+        running = self.run(store, jobs["b"], hm(10, 45), "running")
+        done = self.run(store, jobs["c"], hm(10, 45), "skipped")
+        now = hm(10, 45, 2)
+        applied = store.mark_runs_running([queued.id, running.id, done.id, "no-such-run"],
+                                          now=now, owner="w-2", lease_until=hm(10, 50))
+        assert applied == [True, False, False, False]
+        a, b, c = (store.get_run(r.id) for r in (queued, running, done))
+        assert a.status is RunStatus.running and a.started_at == now
+        assert (a.owner, a.lease_until) == ("w-2", hm(10, 50))
+        assert b.started_at == running.started_at and b.owner == running.owner  # untouched
+        assert c.status is RunStatus.skipped and c.started_at is None  # never starts
+        assert store.mark_runs_running([], now=now) == []
+
     def test_concurrent_claims_of_one_job_apply_once(self, store):
         job = self.one_job(store)
         slot = job.next_run_at

@@ -17,11 +17,12 @@ From the profile it derives per-job call counts of the hot-path functions and
 splits peewee's cost into building SQL (``Database.execute`` minus
 ``execute_sql``) and running it (``execute_sql``).
 
-3. **serial**: the store calls a scheduler makes per job (``due_jobs`` per
-   page, ``claim_slot``, ``mark_running``, ``complete_run``, two ``get_run``
-   for the announcements) and ``plan_slots``, called one after another in one
-   thread: their cost without lock contention or thread handoffs. The gap
-   between its total and the burst's CPU per job is what the threads cost.
+3. **serial**: the store calls of a dispatch round (``due_jobs``,
+   ``claim_slots``, ``mark_runs_running``, ``complete_runs``, each for a page
+   of ``--max-concurrent`` jobs) and ``plan_slots``, called one after another
+   in one thread: their cost without lock contention or thread handoffs. The
+   gap between its total and the burst's CPU per job is what the threads and
+   the scheduler's own bookkeeping cost.
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ def _short(path: str) -> str:
 
 
 def serial_ops(n: int, target: bench.Target, page: int) -> dict[str, float]:
-    """Microseconds per job of each call of the hot path, in one thread."""
+    """Microseconds per job of each store call of a dispatch round, rounds of
+    *page* jobs (a tick with *page* free workers), in one thread."""
     from pjcore.host import Host
     from pjcore.models import RunStatus
     from pjcore.slots import plan_slots
@@ -222,22 +224,20 @@ def serial_ops(n: int, target: bench.Target, page: int) -> dict[str, float]:
             plugin_ids.append(plugin_id)
         store, now, done = host.store, slot + timedelta(milliseconds=1), 0
         lease = now + timedelta(minutes=1)
-        while jobs := timed(f"due_jobs (limit {page}, per job)",
+        while jobs := timed(f"due_jobs (limit {page})",
                             lambda: store.due_jobs(now, limit=page, plugin_ids=plugin_ids)):
-            for job in jobs:
-                plan = timed("plan_slots", lambda: plan_slots(job, now))
-                claim = timed("claim_slot", lambda: store.claim_slot(
-                    job.id, expected=job.next_run_at, run_slot=plan.run_slot,
-                    next_run_at=plan.next_run_at, missed=plan.missed, now=now, owner="bench",
-                    lease_until=lease))
-                run_id = claim.run.id
-                timed("mark_running", lambda: store.mark_running(run_id, now=now, owner="bench",
-                                                                  lease_until=lease))
-                timed("get_run (x2)", lambda: store.get_run(run_id))
-                timed("complete_run", lambda: store.complete_run(
-                    run_id, status=RunStatus.succeeded, now=now))
-                timed("get_run (x2)", lambda: store.get_run(run_id))
-                done += 1
+            plans = [timed("plan_slots", lambda: plan_slots(job, now)) for job in jobs]
+            claims = timed(f"claim_slots ({page})", lambda: store.claim_slots([
+                {"job_id": job.id, "expected": job.next_run_at, "run_slot": plan.run_slot,
+                 "next_run_at": plan.next_run_at, "missed": plan.missed, "now": now,
+                 "owner": "bench", "lease_until": lease} for job, plan in zip(jobs, plans)]))
+            run_ids = [c.run.id for c in claims]
+            timed(f"mark_runs_running ({page})", lambda: store.mark_runs_running(
+                run_ids, now=now, owner="bench", lease_until=lease))
+            timed(f"complete_runs ({page})", lambda: store.complete_runs([
+                {"run_id": run_id, "status": RunStatus.succeeded, "now": now}
+                for run_id in run_ids]))
+            done += len(run_ids)
     finally:
         host.stop(0)
     if done != n:
