@@ -550,18 +550,26 @@ class _Prepared:
     The SQL text is peewee's own (identifiers quoted by it, every value a
     parameter in the engine's style); only the values change per call."""
 
-    __slots__ = ("sql", "_plan", "_direct")
+    __slots__ = ("sql", "_plan", "_direct", "_bind")
 
     def __init__(self, query: Any) -> None:
         self.sql, params = query.sql()
         self._plan = tuple((True, p.n) if isinstance(p, _Arg) else (False, p) for p in params)
         # every parameter is an argument, in order: no remapping needed
         self._direct = all(arg and n == i for i, (arg, n) in enumerate(self._plan))
+        # the parameter tuple as one expression over the arguments (a) and
+        # peewee's constants (c): rebuilt per call on the hot path, so no
+        # loop; the source holds only integer indexes
+        items = "".join(f"a[{v}], " if arg else f"c[{i}], "
+                        for i, (arg, v) in enumerate(self._plan))
+        constants = tuple(v for _, v in self._plan)
+        bind = eval(f"lambda a, c: ({items})", {})  # noqa: S307 (indexes only)
+        self._bind = lambda args: bind(args, constants)
 
     def params(self, args: Sequence[Any]) -> Sequence[Any]:
         if self._direct and len(args) == len(self._plan):
             return args
-        return tuple(args[v] if arg else v for arg, v in self._plan)
+        return self._bind(args)
 
 
 class _HotSQL:

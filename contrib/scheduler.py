@@ -47,8 +47,11 @@ Notify = Callable[..., None]
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 #: ``JobStore`` page limit
 _MAX_LIMIT = 1000
-#: due jobs read per tick, in multiples of the free capacity (see _round)
+#: due jobs read per tick, in multiples of the free capacity, while other
+#: schedulers compete for the same jobs (see _round)
 _SPREAD = 4
+#: clock seconds after a refused claim during which the spread stays on
+CONTENDED_FOR = 30.0
 #: claims sent to the store at once (one transaction in the peewee store).
 #: Small, because a batch holds its job rows until it commits: schedulers
 #: sharing a database then still interleave their claims job by job instead
@@ -219,6 +222,9 @@ class ThreadScheduler(Scheduler):
         # committed although it raised; look for such runs once it works again
         self._orphans_possible = False
         self._recovering = False  # the last tick failed: see _round
+        # a claim was refused (another scheduler on the database) lately:
+        # read more due jobs than there is room for, see _round
+        self._contended_until: datetime | None = None
         # one writer of deferred end records at a time (loop thread, stop())
         self._record_lock = threading.Lock()
         # handlers' outcomes for the loop to record, a round's worth at once
@@ -324,7 +330,8 @@ class ThreadScheduler(Scheduler):
     # -- the loop --------------------------------------------------------------
 
     def wake(self) -> None:
-        self._wake.set()
+        if not self._wake.is_set():  # set() takes a lock and notifies every time
+            self._wake.set()
 
     def _loop(self) -> None:
         self._loop_ident = threading.get_ident()
@@ -461,9 +468,13 @@ class ThreadScheduler(Scheduler):
         # times longer than the free capacity: schedulers sharing a database
         # then start on different jobs instead of all going for the same rows
         # and refusing each other's claims. Older slots still come first.
-        limit = min(free * _SPREAD + len(busy), _MAX_LIMIT)
+        # Alone on the database (no claim refused lately), the due jobs the
+        # tick can start are all it reads.
+        contended = self._contended_until is not None and now < self._contended_until
+        limit = min(free * (_SPREAD if contended else 1) + len(busy), _MAX_LIMIT)
         due = self.store.due_jobs(now, limit=limit, plugin_ids=plugin_ids)
-        due.sort(key=lambda j: (j.next_run_at, zlib.crc32(f"{self.owner}/{j.id}".encode())))
+        if contended:  # alone, the store's order (oldest due first) is the one
+            due.sort(key=lambda j: (j.next_run_at, zlib.crc32(f"{self.owner}/{j.id}".encode())))
         # still running: the slot waits, the misfire policy decides later
         queue = [job for job in due if job.id not in busy]
         lease_until = self._lease_until(now)
@@ -506,6 +517,7 @@ class ThreadScheduler(Scheduler):
                     # it is in flight elsewhere; only the last keeps it due.
                     with self._lock:
                         self._blocked[job.id] = now + timedelta(seconds=BLOCKED_RETRY)
+                    self._contended_until = now + timedelta(seconds=CONTENDED_FOR)
                     continue
                 if plan.missed:
                     logger.warning(

@@ -78,6 +78,8 @@ class RunTrigger(str, enum.Enum):
 
 def as_aware_utc(value: datetime) -> datetime:
     """Converter: refuse naive datetimes, normalise aware ones to UTC."""
+    if value.__class__ is datetime and value.tzinfo is timezone.utc:
+        return value  # the common case, and the one every evolve() repeats
     if not isinstance(value, datetime):
         raise TypeError(f"expected a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:

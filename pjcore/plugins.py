@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import threading
 from typing import Any, Iterable
 
 import attrs
@@ -68,16 +69,21 @@ class PluginManager(pluggy.PluginManager):
         self._backends: BackendRegistry | None = None
         self._handlers: HandlerRegistry | None = None
         self._manifests: dict[str, tuple[Manifest, str]] | None = None
+        # one collection at a time: runner threads resolving handlers at
+        # once after a registration would otherwise each run every hook
+        self._registries_lock = threading.RLock()
 
     # Registries are collected lazily and dropped whenever the set of plugins
     # changes, so a plugin registered after the build is seen as well.
     def register(self, plugin: Any, name: str | None = None) -> str | None:
-        self._backends = self._handlers = self._manifests = None
-        return super().register(plugin, name)
+        with self._registries_lock:
+            self._backends = self._handlers = self._manifests = None
+            return super().register(plugin, name)
 
     def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
-        self._backends = self._handlers = self._manifests = None
-        return super().unregister(plugin, name)
+        with self._registries_lock:
+            self._backends = self._handlers = self._manifests = None
+            return super().unregister(plugin, name)
 
     @property
     def backends(self) -> BackendRegistry:
@@ -91,11 +97,15 @@ class PluginManager(pluggy.PluginManager):
     @property
     def handlers(self) -> HandlerRegistry:
         """Every job handler registered through ``register_job_handlers``."""
-        if self._handlers is None:
-            registry = HandlerRegistry()
-            self._collect("register_job_handlers", registry.register)
-            self._handlers = registry
-        return self._handlers
+        registry = self._handlers
+        if registry is not None:
+            return registry
+        with self._registries_lock:
+            if self._handlers is None:
+                registry = HandlerRegistry()
+                self._collect("register_job_handlers", registry.register)
+                self._handlers = registry
+            return self._handlers
 
     def manifests(self) -> list[Manifest]:
         """Manifests declared through ``register_manifests``, ordered by key."""

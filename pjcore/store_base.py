@@ -6,7 +6,7 @@ planning and the cursor format; nothing requires it.
 
 from __future__ import annotations
 
-import os
+import random
 import time
 import uuid
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -32,7 +32,7 @@ def new_id() -> str:
     random bits. Ids made later sort later, so rows a store inserts together
     land side by side in its id indexes (a random UUID scatters each into a
     page of its own, and every page touched is written at commit)."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (time.time_ns() // 1_000_000) << 80 | random.getrandbits(80)
     # version 7 in bits 76-79, variant 0b10 in bits 62-63
     value = value & ~(0xF << 76) | 0x7 << 76
     value = value & ~(0x3 << 62) | 0x2 << 62
@@ -186,8 +186,6 @@ def to_micros(value: datetime) -> int:
 def from_micros(value: int | None) -> datetime | None:
     if value is None:
         return None
-    from datetime import timedelta
-
     return _EPOCH + timedelta(microseconds=value)
 
 
