@@ -896,6 +896,16 @@ class PeeweeJobStore(BaseJobStore):
         caller's transaction, if any); the cursor."""
         return self._db.execute_sql(stmt.sql, stmt.params(args))
 
+    def _exec_many(self, stmt: _Prepared, rows: Sequence[Sequence[Any]]) -> int:
+        """:meth:`_exec` for each of *rows* in one driver call (the driver
+        loops, not Python); the rows changed in all."""
+        if not rows:
+            return 0
+        with pw.__exception_wrapper__:  # driver errors as peewee's, as execute_sql raises them
+            cursor = self._db.cursor()
+            cursor.executemany(stmt.sql, [stmt.params(r) for r in rows])
+        return cursor.rowcount
+
     def _lock(self, query: pw.Select) -> pw.Select:
         return query.for_update() if self._pg else query
 
@@ -1175,8 +1185,10 @@ class PeeweeJobStore(BaseJobStore):
                     looked[job_id] = (pointer, bool(busy))
         results: list[Claim | None] = []
         for c in claims:
+            # microseconds once: compared here and again under the lock
+            c["expected_us"] = _us(c.get("expected"))
             found = looked.get(c["job_id"])
-            ok = (found is not None and found[0] == _us(c.get("expected"))
+            ok = (found is not None and found[0] == c["expected_us"]
                   and not (found[1] and c.get("run_slot") is not None))
             results.append(None if ok else Claim(applied=False))
         todo = [claims[i] for i, r in enumerate(results) if r is None]
@@ -1189,7 +1201,8 @@ class PeeweeJobStore(BaseJobStore):
             except pw.IntegrityError:
                 # a slot's run appeared meanwhile (and the batch was rolled
                 # back): claim one by one, so only that claim is refused
-                done = [self.claim_slot.__wrapped__(self, **c) for c in todo]
+                done = [self.claim_slot.__wrapped__(
+                    self, **{k: v for k, v in c.items() if k != "expected_us"}) for c in todo]
             it = iter(done)
             results = [next(it) if r is None else r for r in results]
         return results  # type: ignore[return-value]
@@ -1207,7 +1220,7 @@ class PeeweeJobStore(BaseJobStore):
                 if row[4] == JobStatus.active.value:
                     jobs[row[0]] = row
         ready = [c for c in claims if c["job_id"] in jobs
-                 and jobs[c["job_id"]][3] == _us(c.get("expected"))]
+                 and jobs[c["job_id"]][3] == c["expected_us"]]
         runs: dict[str, list[tuple[str, int | None]]] = {}
         with_slot = [c for c in ready if c.get("run_slot") is not None]
         for chunk in _chunks(with_slot):
@@ -1218,10 +1231,12 @@ class PeeweeJobStore(BaseJobStore):
             for job_id, status, scheduled in self._exec(stmt, (*chunk_ids, *slots)).fetchall():
                 runs.setdefault(job_id, []).append((status, scheduled))
         out: list[Claim] = []
+        inserts: list[tuple[Any, ...]] = []
+        moves: dict[bool, list[tuple[Any, ...]]] = {True: [], False: []}
         for c in claims:
             job_id = c["job_id"]
             job = jobs.get(job_id)
-            if job is None or job[3] != _us(c.get("expected")):
+            if job is None or job[3] != c["expected_us"]:
                 out.append(Claim(applied=False))
                 continue
             slot, now = _us(c.get("run_slot")), c["now"]
@@ -1236,10 +1251,16 @@ class PeeweeJobStore(BaseJobStore):
                                  trigger=RunTrigger.schedule, scheduled_for=c["run_slot"],
                                  created_at=now, owner=c.get("owner"),
                                  lease_until=c.get("lease_until"))
-                    self._insert_run(run)
-            self._exec(sql.get(("claim_update", slot is not None)),
-                       (_us(c.get("next_run_at")), _us(now), c.get("missed", 0), job_id, slot))
+                    inserts.append(self._run_row(run))
+            moves[slot is not None].append(
+                (_us(c.get("next_run_at")), _us(now), c.get("missed", 0), job_id, slot))
             out.append(Claim(applied=True, run=run))
+        # Every claim is decided above, on rows this transaction holds: the
+        # writes go in one call per statement (a slot's run that appeared
+        # meanwhile raises IntegrityError, and claim_slots rolls back).
+        self._exec_many(sql.insert_run, inserts)
+        for with_slot, rows in moves.items():
+            self._exec_many(sql.get(("claim_update", with_slot)), rows)
         return out
 
     def _claimable(self, job_id: str, seen: int | None, slot: int | None) -> bool:
@@ -1348,11 +1369,14 @@ class PeeweeJobStore(BaseJobStore):
         return run
 
     def _insert_run(self, run: JobRun) -> None:
-        self._exec(self._sql.insert_run, (
-            run.id, run.job_id, run.plugin_id, run.job_key, run.trigger.value, run.status.value,
-            _us(run.scheduled_for), _us(run.created_at), _us(run.started_at),
-            _us(run.finished_at), run.duration_ms, self._text(run.error),
-            self._text(run.error_detail), run.owner, _us(run.lease_until), run.attempt))
+        self._exec(self._sql.insert_run, self._run_row(run))
+
+    def _run_row(self, run: JobRun) -> tuple[Any, ...]:
+        return (run.id, run.job_id, run.plugin_id, run.job_key, run.trigger.value,
+                run.status.value, _us(run.scheduled_for), _us(run.created_at),
+                _us(run.started_at), _us(run.finished_at), run.duration_ms,
+                self._text(run.error), self._text(run.error_detail), run.owner,
+                _us(run.lease_until), run.attempt)
 
     @_operation
     def mark_running(
@@ -1421,7 +1445,6 @@ class PeeweeJobStore(BaseJobStore):
 
     @_operation
     def complete_runs(self, ends: Sequence[Any]) -> list[bool]:
-        ends = [dict(e) for e in ends]
         args = [(terminal_status(e["status"]).value, _us(e["now"]), self._text(e.get("error")),
                  self._text(e.get("error_detail")), e["run_id"]) for e in ends]
         if not args:

@@ -52,11 +52,12 @@ _MAX_LIMIT = 1000
 _SPREAD = 4
 #: clock seconds after a refused claim during which the spread stays on
 CONTENDED_FOR = 30.0
-#: claims sent to the store at once (one transaction in the peewee store).
-#: Small, because a batch holds its job rows until it commits: schedulers
-#: sharing a database then still interleave their claims job by job instead
-#: of one taking every due job in a single transaction (and keeping them,
-#: as it frees each job first when its handler returns)
+#: claims sent to the store at once (one transaction in the peewee store)
+#: while other schedulers compete for the same jobs. Small, because a batch
+#: holds its job rows until it commits: schedulers sharing a database then
+#: still interleave their claims job by job instead of one taking every due
+#: job in a single transaction (and keeping them, as it frees each job first
+#: when its handler returns). Alone, a round's claims go in one batch.
 CLAIM_BATCH = 8
 #: clock seconds before a job whose claim was refused (a run of it in flight
 #: in another process) is looked at again
@@ -94,9 +95,11 @@ class _InFlight:
     deadline: datetime | None
     timeout: float | None
     future: Future | None = None
-    #: the run as the store holds it once the loop marked it ``running``
-    #: (renewed leases included; only the loop writes it)
-    started: JobRun | None = None
+    #: when the loop marked the run ``running``, and the lease the store now
+    #: holds for it (renewals included; only the loop writes them); the
+    #: JobRun itself is built only for an observer (see :meth:`running`)
+    started_at: datetime | None = None
+    lease_until: datetime | None = None
     #: the loop's batched start raised: the worker starts the run on its
     #: own, and first checks whether that attempt committed all the same
     start_failed: bool = False
@@ -121,6 +124,11 @@ class _InFlight:
     final: JobRun | None = None
     #: left _inflight (guards against a double release)
     released: bool = False
+
+    def running(self, owner: str) -> JobRun:
+        """The run as the store holds it since the loop marked it running."""
+        return attrs.evolve(self.run, status=RunStatus.running, started_at=self.started_at,
+                            owner=owner, lease_until=self.lease_until)
 
 
 class ThreadScheduler(Scheduler):
@@ -486,7 +494,9 @@ class ThreadScheduler(Scheduler):
             if self._stopping:
                 break  # stopping: a slot claimed now would only be recorded cancelled
             batch: list[tuple[Job, Any]] = []
-            while pos < len(queue) and len(batch) < min(free - started, CLAIM_BATCH):
+            # alone on the database, one batch holds the whole round
+            size = min(free - started, CLAIM_BATCH) if contended else free - started
+            while pos < len(queue) and len(batch) < size:
                 job = queue[pos]
                 pos += 1
                 try:
@@ -624,9 +634,7 @@ class ThreadScheduler(Scheduler):
                 continue
             if entry.timeout:
                 entry.deadline = now + timedelta(seconds=entry.timeout)
-            # what the store now holds, without reading it back
-            entry.started = attrs.evolve(entry.run, status=RunStatus.running, started_at=now,
-                                         owner=self.owner, lease_until=lease_until)
+            entry.started_at, entry.lease_until = now, lease_until
 
     def _admit(self, job: Job, run: JobRun) -> _InFlight | None:
         """The in-flight entry of a queued run, its job now busy; None if the
@@ -677,8 +685,8 @@ class ThreadScheduler(Scheduler):
 
     def _execute(self, entry: _InFlight, context: JobContext) -> Any:
         """Runs in the worker: start the run (unless the loop did), then the handler."""
-        started = entry.started
-        if started is None:
+        started = None
+        if entry.started_at is None:
             if entry.start_refused:
                 raise RunCancelled(context.cancel_reason or "cancelled before it started")
             now = self.clock.now()
@@ -696,7 +704,8 @@ class ThreadScheduler(Scheduler):
         if context.trigger is not RunTrigger.schedule:
             self._stamp_manual_start(entry.job, self.clock.now())
         if self._listens("run_started"):
-            self._notify("run_started", run=started, job=entry.job)
+            # what the store now holds, without reading it back
+            self._notify("run_started", run=started or entry.running(self.owner), job=entry.job)
         handler = self._resolve(entry.job.plugin_key, entry.job.job_key)
         if handler is None:
             raise HandlerLookupError(entry.job.plugin_key, entry.job.job_key)
@@ -869,14 +878,17 @@ class ThreadScheduler(Scheduler):
                     self._give_up_recording(entry)
                     self._release(entry)
                 return
+            listening = self._listens("run_finished")
             for entry, done in zip(batch, applied):
                 status, error, _, ended_at = entry.queued_end
-                if done and status is RunStatus.succeeded and entry.started is not None:
+                if (done and status is RunStatus.succeeded and entry.started_at is not None
+                        and listening):
                     # exactly what the store now holds (an error text could
                     # come back altered by the store: those are read back)
                     entry.final = attrs.evolve(
-                        entry.started, status=status, finished_at=ended_at,
-                        duration_ms=duration_ms(entry.started.started_at, ended_at))
+                        entry.run, status=status, started_at=entry.started_at,
+                        owner=self.owner, lease_until=entry.lease_until, finished_at=ended_at,
+                        duration_ms=duration_ms(entry.started_at, ended_at))
                 with self._lock:
                     entry.queued_end = None
                 self._recorded(entry, done)
@@ -969,8 +981,8 @@ class ThreadScheduler(Scheduler):
         with self._lock:
             self._renew_at = now + timedelta(seconds=self.lease_seconds / 3)
             for e in self._inflight.values():
-                if e.run_id in renewed and e.started is not None:
-                    e.started = attrs.evolve(e.started, lease_until=lease_until)
+                if e.run_id in renewed and e.started_at is not None:
+                    e.lease_until = lease_until
             lost = [e for e in self._inflight.values()
                     if e.run_id in ids and e.run_id not in renewed and not e.ended]
         # Ended behind our back (abandoned or cancelled by another scheduler):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
@@ -32,11 +31,14 @@ def new_id() -> str:
     random bits. Ids made later sort later, so rows a store inserts together
     land side by side in its id indexes (a random UUID scatters each into a
     page of its own, and every page touched is written at commit)."""
-    value = (time.time_ns() // 1_000_000) << 80 | random.getrandbits(80)
-    # version 7 in bits 76-79, variant 0b10 in bits 62-63
-    value = value & ~(0xF << 76) | 0x7 << 76
-    value = value & ~(0x3 << 62) | 0x2 << 62
-    return str(uuid.UUID(int=value))
+    # version 7 in bits 76-79, variant 0b10 in bits 62-63, both inside the
+    # 80 random bits below the timestamp
+    h = f"{(time.time_ns() // 1_000_000) << 80 | random.getrandbits(80) & _UUID_FIXED | _UUID_V7:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_UUID_FIXED = ~(0xF << 76 | 0x3 << 62)
+_UUID_V7 = 0x7 << 76 | 0x2 << 62
 
 
 def first_fire(decl_schedule: str | None, tz: str, now: datetime) -> datetime | None:

@@ -359,7 +359,8 @@ def test_a_start_applied_but_reported_failed_runs_the_handler_once(proxied_rig, 
     (run,) = wait_for(lambda: [r for r in rig.runs(direct) if r.status.terminal], what="run ended")
     assert run.status is RunStatus.succeeded, run.error
     assert rig.calls == [("sync", T0 + timedelta(minutes=1))]
-    assert any("could not start run" in m for m in log)
+    # by the loop, which marks a round's runs running together, or by the worker
+    assert any("could not start" in m for m in log)
 
 
 @pytest.mark.postgres
