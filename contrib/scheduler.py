@@ -52,13 +52,15 @@ _MAX_LIMIT = 1000
 _SPREAD = 4
 #: clock seconds after a refused claim during which the spread stays on
 CONTENDED_FOR = 30.0
-#: claims sent to the store at once (one transaction in the peewee store)
-#: while other schedulers compete for the same jobs. Small, because a batch
-#: holds its job rows until it commits: schedulers sharing a database then
-#: still interleave their claims job by job instead of one taking every due
-#: job in a single transaction (and keeping them, as it frees each job first
-#: when its handler returns). Alone, a round's claims go in one batch.
-CLAIM_BATCH = 8
+#: claims sent to the store at once (one transaction in the peewee store).
+#: Small, because a batch holds its job rows until it commits: schedulers
+#: sharing a database then still interleave their claims job by job instead
+#: of one taking every due job in a single transaction (and keeping them,
+#: as it frees each job first when its handler returns). Not only while a
+#: claim was refused lately: the first scheduler to see a burst has had no
+#: refusal yet, and would take it whole. As large as the default
+#: ``max_concurrent``, so a full round at the default cap is one transaction.
+CLAIM_BATCH = 10
 #: clock seconds before a job whose claim was refused (a run of it in flight
 #: in another process) is looked at again
 BLOCKED_RETRY = 1.0
@@ -494,9 +496,7 @@ class ThreadScheduler(Scheduler):
             if self._stopping:
                 break  # stopping: a slot claimed now would only be recorded cancelled
             batch: list[tuple[Job, Any]] = []
-            # alone on the database, one batch holds the whole round
-            size = min(free - started, CLAIM_BATCH) if contended else free - started
-            while pos < len(queue) and len(batch) < size:
+            while pos < len(queue) and len(batch) < min(free - started, CLAIM_BATCH):
                 job = queue[pos]
                 pos += 1
                 try:
