@@ -503,6 +503,10 @@ def _run_tuple(row: Sequence[Any]) -> JobRun:
                   attempt=attempt)
 
 
+class _NotAll(Exception):
+    """A batch of guarded updates did not apply in full (rolls it back)."""
+
+
 class _Serialized:
     """A transaction entered under the store's writer lock (SQLite)."""
 
@@ -1404,9 +1408,29 @@ class PeeweeJobStore(BaseJobStore):
         if not run_ids:
             return []
         now_us, until_us = _us(now), _us(lease_until)
+        return self._each_applies(self._sql.mark_running,
+                                  [(now_us, owner, until_us, run_id) for run_id in run_ids],
+                                  distinct=len(set(run_ids)) == len(run_ids))
+
+    def _each_applies(self, stmt: _Prepared, rows: list[tuple[Any, ...]], *,
+                      distinct: bool) -> list[bool]:
+        """Run the guarded single-row update *stmt* for each of *rows* in one
+        transaction; whether each applied.
+
+        In the common case every one applies, and one driver call for all
+        tells so (with distinct rows, a total of len(rows) means each applied
+        once). Otherwise that attempt is rolled back and each row is applied
+        and counted on its own."""
+        if distinct:
+            try:
+                with self._write():
+                    if self._exec_many(stmt, rows) != len(rows):
+                        raise _NotAll
+                return [True] * len(rows)
+            except _NotAll:
+                pass  # rolled back; decided row by row below
         with self._write():
-            return [self._exec(self._sql.mark_running, (now_us, owner, until_us, run_id)).rowcount
-                    == 1 for run_id in run_ids]
+            return [self._exec(stmt, row).rowcount == 1 for row in rows]
 
     def _finish(self, now_us: int, status: RunStatus, error: str | None) -> dict[str, Any]:
         R = self._Run
@@ -1449,8 +1473,8 @@ class PeeweeJobStore(BaseJobStore):
                  self._text(e.get("error_detail")), e["run_id"]) for e in ends]
         if not args:
             return []
-        with self._write():
-            return [self._exec(self._sql.complete, a).rowcount == 1 for a in args]
+        ids = {a[4] for a in args}
+        return self._each_applies(self._sql.complete, args, distinct=len(ids) == len(args))
 
     @_operation
     def renew_leases(
