@@ -82,6 +82,11 @@ PG_POOL_TIMEOUT = 10.0
 _NON_TERMINAL = [s.value for s in NON_TERMINAL]
 _TERMINAL = [s.value for s in RunStatus if s.terminal]
 _CHUNK = 60  # rows or ids per statement: under 999 bound parameters (old SQLite builds)
+#: plugin ids per due-job statement. As many as the parameter limit allows:
+#: the due index holds no plugin id, so a statement for a part of the plugins
+#: walks past the due jobs of the others (ids grow with creation time, so a
+#: later part finds the due jobs of the earlier plugins first)
+_PLUGIN_CHUNK = 900
 
 _DB_ERRORS: tuple[type[BaseException], ...] = (pw.PeeweeException, sqlite3.Error,
                                                 MaxConnectionsExceeded)
@@ -441,9 +446,9 @@ def _detached(exc: BaseException) -> BaseException:
     return exc
 
 
-def _chunks(items: Sequence[Any]):
-    for start in range(0, len(items), _CHUNK):
-        yield items[start:start + _CHUNK]
+def _chunks(items: Sequence[Any], size: int = _CHUNK):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 # -- hot statements ----------------------------------------------------------
@@ -1130,11 +1135,11 @@ class PeeweeJobStore(BaseJobStore):
         out: list[Job] = []
         # one statement unless there are more plugins than a statement's
         # parameters allow; then merge the pages in due order
-        for chunk in _chunks(ids):
+        for chunk in _chunks(ids, _PLUGIN_CHUNK):
             stmt = self._sql.get(("due", len(chunk)))
             out += [_job_tuple(r) for r in
                     self._exec(stmt, (_us(now), *chunk, limit)).fetchall()]
-        if len(ids) > _CHUNK:
+        if len(ids) > _PLUGIN_CHUNK:
             out.sort(key=lambda j: (j.next_run_at, j.id))
         return out[:limit]
 
@@ -1144,7 +1149,7 @@ class PeeweeJobStore(BaseJobStore):
             return from_micros(self._exec(self._sql.get(("next_due", None)), ()).fetchone()[0])
         ids = list(plugin_ids)
         found = []
-        for chunk in _chunks(ids):
+        for chunk in _chunks(ids, _PLUGIN_CHUNK):
             value = self._exec(self._sql.get(("next_due", len(chunk))), chunk).fetchone()[0]
             if value is not None:
                 found.append(value)

@@ -149,7 +149,6 @@ class Host:
             self.store.close()
             raise
         self.pm.register(self.coordinator, name="pjcore.coordinator")
-        self.pm.handlers  # collected again now, not by the first runs in flight
         self._started = False
         self._closed = False
 

@@ -574,3 +574,25 @@ def test_two_processes_creating_one_sqlite_file_at_once_both_succeed(tmp_path):
         for proc in procs:
             _, err = proc.communicate(timeout=60)
             assert proc.returncode == 0, err
+
+
+# -- due jobs across many plugins --------------------------------------------------
+
+
+def test_due_jobs_of_more_plugins_than_one_statement_takes_merge_in_due_order(
+        open_store, monkeypatch):
+    store = open_store()
+    for n in range(5):  # plugin p0's jobs are due latest, p4's first
+        store.sync_jobs(f"p{n}", f"key{n}", [decl("a", f"{55 - 5 * n} * * * *"),
+                                              decl("b", f"{55 - 5 * n} * * * *")], now=T0)
+    # two plugin ids per statement: three statements, merged
+    monkeypatch.setattr(peewee_store, "_PLUGIN_CHUNK", 2)
+    plugins = [f"p{n}" for n in range(5)]
+    due = store.due_jobs(T0 + timedelta(hours=1), limit=5, plugin_ids=plugins)
+    assert [(j.plugin_id, j.next_run_at.minute) for j in due] == [
+        ("p4", 35), ("p4", 35), ("p3", 40), ("p3", 40), ("p2", 45)]
+    assert [j.id for j in due[:2]] == sorted(j.id for j in due[:2])  # ties by id
+    assert store.due_jobs(T0 + timedelta(hours=1), limit=5, plugin_ids=plugins[:1])[0] \
+        .plugin_id == "p0"
+    assert store.next_due_at(plugin_ids=plugins) == T0.replace(minute=35)
+    assert store.next_due_at(plugin_ids=["p0", "p1"]) == T0.replace(minute=50)
