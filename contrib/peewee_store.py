@@ -138,8 +138,10 @@ def _define_models(db: pw.Database, prefix: str, postgres: bool):
             # per-plugin lookups; no separate plugin_id index is needed
             # (status, next_run_at, id): the due query walks it in its own
             # order (ORDER BY next_run_at, id) and stops at its LIMIT
+            # (plugin_key, plugin_id): a plugin named by its key (find_plugin)
             indexes = ((("plugin_id", "job_key"), True),
-                       (("status", "next_run_at", "id"), False))
+                       (("status", "next_run_at", "id"), False),
+                       (("plugin_key", "plugin_id"), False))
 
     class RunRow(Base):
         id = pw.TextField(primary_key=True, **c)
@@ -254,6 +256,16 @@ def _m0004_due_index(ctx: MigrationContext) -> None:
         migrate(ctx.migrator.add_index(table, ("status", "next_run_at", "id"), False))
 
 
+def _m0005_plugin_key_index(ctx: MigrationContext) -> None:
+    # A plugin named by its key (the CLI accepts either) is found without
+    # reading every job.
+    from playhouse.migrate import migrate
+
+    table = ctx.table("jobs")
+    if not any(i.columns == ["plugin_key", "plugin_id"] for i in ctx.db.get_indexes(table)):
+        migrate(ctx.migrator.add_index(table, ("plugin_key", "plugin_id"), False))
+
+
 #: Applied in order, each in its own transaction, and recorded by name in
 #: ``<prefix>schema``. Only ever append.
 MIGRATIONS: list[Migration] = [
@@ -261,6 +273,7 @@ MIGRATIONS: list[Migration] = [
     Migration("0002_missed_count", _m0002_missed_count),
     Migration("0003_run_attempt", _m0003_run_attempt),
     Migration("0004_due_index", _m0004_due_index),
+    Migration("0005_plugin_key_index", _m0005_plugin_key_index),
 ]
 
 
@@ -1048,6 +1061,16 @@ class PeeweeJobStore(BaseJobStore):
         if status is not None:
             query = query.where(J.status == JobStatus(status).value)
         return [_job(r) for r in query.dicts()]
+
+    @_operation
+    def find_plugin(self, plugin: str) -> str | None:
+        J = self._Job
+        # both from an index: (plugin_id, job_key) and (plugin_key, plugin_id)
+        if J.select(J.id).where(J.plugin_id == plugin).limit(1).exists():
+            return plugin
+        row = J.select(J.plugin_id).where(J.plugin_key == plugin).order_by(J.plugin_id) \
+            .limit(1).tuples().first()
+        return None if row is None else row[0]
 
     @_operation
     def get_job(self, job_id: str) -> Job | None:

@@ -94,6 +94,19 @@ class JobStore(metaclass=ABCMeta):
         """Jobs of one plugin (or of all when *plugin_id* is None), optionally
         of one status, ordered by ``(plugin_key, job_key)``."""
 
+    def find_plugin(self, plugin: str) -> str | None:
+        """The id of the plugin with stored jobs named by *plugin*: its id, or
+        else its key (the smallest id among plugins with that key); ``None``
+        if no stored job has that plugin id or key.
+
+        The default reads every stored job; a store with many should answer
+        from an index.
+        """
+        if self.list_jobs(plugin):
+            return plugin
+        ids = sorted({job.plugin_id for job in self.list_jobs() if job.plugin_key == plugin})
+        return ids[0] if ids else None
+
     @abstractmethod
     def get_job(self, job_id: str) -> "Job | None":
         """The job with this id, or ``None``."""

@@ -232,12 +232,7 @@ class Host:
     def _plugin_id(self, plugin: str) -> str:
         """Accept a plugin id or a plugin key."""
         plugin = check_identifier(plugin, "plugin")
-        if self.store.list_jobs(plugin):
-            return plugin
-        for job in self.store.list_jobs():
-            if job.plugin_key == plugin:
-                return job.plugin_id
-        return plugin
+        return self.store.find_plugin(plugin) or plugin
 
     def job(self, plugin: str, job_key: str) -> Job:
         plugin = check_identifier(plugin, "plugin")

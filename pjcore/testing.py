@@ -638,6 +638,17 @@ class JobStoreContract:
         with pytest.raises(ValueError):
             store.complete_runs([{"run_id": running.id, "status": "running", "now": now}])
 
+    def test_find_plugin_by_id_or_key(self, store):
+        self.seed(store, declaration("a"), plugin="p-2", key="acme.reports")
+        self.seed(store, declaration("a"), plugin="p-1", key="acme.reports")
+        self.seed(store, declaration("a"), plugin="acme.mail", key="other")
+        assert store.find_plugin("p-2") == "p-2"  # an id names itself
+        assert store.find_plugin("acme.reports") == "p-1"  # a key: the smallest id
+        # an id wins over a key that happens to be spelled the same
+        assert store.find_plugin("acme.mail") == "acme.mail"
+        assert store.find_plugin("other") == "acme.mail"
+        assert store.find_plugin("nobody") is None
+
     def test_mark_runs_running_decides_each_run_as_mark_running_would(self, store):
         jobs = self.seed(store, declaration("a", EVERY_15), declaration("b", EVERY_15),
                          declaration("c", EVERY_15))

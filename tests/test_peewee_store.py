@@ -125,7 +125,8 @@ def test_two_prefixes_on_one_database_are_independent(open_store):
     assert a1.id != a2.id
     # each prefix has its own indexes (index names are per database)
     expected = {
-        "jobs": {"jobs_plugin_id_job_key", "jobs_status_next_run_at_id"},
+        "jobs": {"jobs_plugin_id_job_key", "jobs_status_next_run_at_id",
+                 "jobs_plugin_key_plugin_id"},
         "runs": {"runs_job_id_scheduled_for_attempt", "runs_job_id_status",
                  "runs_plugin_id_created_at_id", "runs_created_at_id"},
     }
@@ -376,6 +377,32 @@ def test_a_database_from_before_0003_gets_run_attempts(open_store):
     with pytest.raises(SlotAlreadyClaimed):
         upgraded.create_run(job.id, trigger="retry", now=T0, scheduled_for=slot, attempt=2,
                             exclusive=False)
+
+
+def test_a_database_from_before_0005_gets_the_plugin_key_index(open_store):
+    store = open_store()
+    table = f"{store.table_prefix}jobs"
+    store.sync_jobs("p", "acme", [decl("a")], now=T0)
+    migrate(SchemaMigrator.from_database(store.database).drop_index(
+        table, f"{table}_plugin_key_plugin_id"))
+    store._Schema.delete().where(store._Schema.name == "0005_plugin_key_index").execute()
+    store.close()
+
+    upgraded = open_store()
+    indexes = {i.name: i.columns for i in upgraded.database.get_indexes(table)}
+    assert indexes[f"{table}_plugin_key_plugin_id"] == ["plugin_key", "plugin_id"]
+    assert upgraded.find_plugin("acme") == "p"
+
+
+def test_find_plugin_by_key_reads_an_index_not_every_job(tmp_path):
+    store = PeeweeJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    store.sync_jobs("p", "acme", [decl("a")], now=T0)
+    table = f"{store.table_prefix}jobs"
+    plan = store.database.execute_sql(
+        f'EXPLAIN QUERY PLAN SELECT plugin_id FROM "{table}" WHERE plugin_key = ? '
+        "ORDER BY plugin_id LIMIT 1", ("acme",)).fetchall()
+    assert any(f"{table}_plugin_key_plugin_id" in row[-1] for row in plan), plan
+    store.close()
 
 
 def test_a_database_from_before_0002_gets_missed_count(open_store):
