@@ -613,6 +613,8 @@ class _HotSQL:
             R.status: _arg(0), R.finished_at: _arg(1), R.duration_ms: duration,
             R.error: _arg(2), R.error_detail: _arg(3)}).where((R.id == _arg(4)) & live))
         self.get_run = _Prepared(R.select(*self.run_fields).where(R.id == _arg(0)))
+        self.insert_job = _Prepared(J.insert(
+            {f: _arg(i) for i, f in enumerate(self.job_fields)}))
         self.insert_run = _Prepared(R.insert(
             {f: _arg(i) for i, f in enumerate(self.run_fields)}))
         self.claim_runs = _Prepared(R.select(R.status, R.scheduled_for).where(
@@ -675,6 +677,10 @@ class _HotSQL:
                 R.job.in_([_arg(i) for i in range(n)])
                 & (R.status.in_(_NON_TERMINAL)
                    | R.scheduled_for.in_([_arg(n + i) for i in range(slots)])))
+        if kind == "update_job":  # the given columns, then the id
+            (columns,) = shape
+            values = {getattr(J, c): _arg(i) for i, c in enumerate(columns)}
+            return J.update(values).where(J.id == _arg(len(columns)))
         if kind == "claim_update":
             (with_slot,) = shape
             values = {J.next_run_at: _arg(0), J.updated_at: _arg(1),
@@ -1041,15 +1047,17 @@ class PeeweeJobStore(BaseJobStore):
             query = self._lock(J.select().where(J.plugin_id == plugin_id).order_by(J.id))
             existing = [_job(r) for r in query.dicts()]
             plan = plan_sync(plugin_id, plugin_key, existing, declarations, now)
-            rows = [
-                {f.name: _column(getattr(job, f.name)) for f in attrs.fields(Job)}
-                for job in plan.inserts
-            ]
-            for chunk in _chunks(rows):
-                J.insert_many(chunk).execute()
+            # prepared statements, each run for many rows: building the SQL
+            # of a 1,000-job manifest took longer than running it
+            self._exec_many(self._sql.insert_job, [
+                tuple(_column(getattr(job, c)) for c in _JOB_COLUMNS) for job in plan.inserts])
+            updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
             for change in plan.changes:
-                values = {k: _column(v) for k, v in change.values.items()}
-                J.update(values).where(J.id == change.job_id).execute()
+                columns = tuple(sorted(change.values))
+                updates.setdefault(columns, []).append(
+                    (*(_column(change.values[c]) for c in columns), change.job_id))
+            for columns, rows in updates.items():
+                self._exec_many(self._sql.get(("update_job", columns)), rows)
         return plan.result()
 
     @_operation
