@@ -82,6 +82,7 @@ PG_POOL_TIMEOUT = 10.0
 _NON_TERMINAL = [s.value for s in NON_TERMINAL]
 _TERMINAL = [s.value for s in RunStatus if s.terminal]
 _CHUNK = 60  # rows or ids per statement: under 999 bound parameters (old SQLite builds)
+_JOBS_PER_INSERT = 50  # job rows per INSERT: 17 parameters each, 850 in all
 #: plugin ids per due-job statement. As many as the parameter limit allows:
 #: the due index holds no plugin id, so a statement for a part of the plugins
 #: walks past the due jobs of the others (ids grow with creation time, so a
@@ -613,8 +614,6 @@ class _HotSQL:
             R.status: _arg(0), R.finished_at: _arg(1), R.duration_ms: duration,
             R.error: _arg(2), R.error_detail: _arg(3)}).where((R.id == _arg(4)) & live))
         self.get_run = _Prepared(R.select(*self.run_fields).where(R.id == _arg(0)))
-        self.insert_job = _Prepared(J.insert(
-            {f: _arg(i) for i, f in enumerate(self.job_fields)}))
         self.insert_run = _Prepared(R.insert(
             {f: _arg(i) for i, f in enumerate(self.run_fields)}))
         self.claim_runs = _Prepared(R.select(R.status, R.scheduled_for).where(
@@ -677,6 +676,11 @@ class _HotSQL:
                 R.job.in_([_arg(i) for i in range(n)])
                 & (R.status.in_(_NON_TERMINAL)
                    | R.scheduled_for.in_([_arg(n + i) for i in range(slots)])))
+        if kind == "insert_jobs":  # n rows of every column, row after row
+            (n,) = shape
+            width = len(self.job_fields)
+            return J.insert_many([{f: _arg(row * width + i) for i, f in enumerate(self.job_fields)}
+                                  for row in range(n)])
         if kind == "update_job":  # the given columns, then the id
             (columns,) = shape
             values = {getattr(J, c): _arg(i) for i, c in enumerate(columns)}
@@ -1049,8 +1053,11 @@ class PeeweeJobStore(BaseJobStore):
             plan = plan_sync(plugin_id, plugin_key, existing, declarations, now)
             # prepared statements, each run for many rows: building the SQL
             # of a 1,000-job manifest took longer than running it
-            self._exec_many(self._sql.insert_job, [
-                tuple(_column(getattr(job, c)) for c in _JOB_COLUMNS) for job in plan.inserts])
+            # (inserts: many rows per statement, as a driver that sends each
+            # row of an executemany on its own round trip would be slow)
+            for chunk in _chunks(plan.inserts, _JOBS_PER_INSERT):
+                self._exec(self._sql.get(("insert_jobs", len(chunk))), [
+                    _column(getattr(job, c)) for job in chunk for c in _JOB_COLUMNS])
             updates: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
             for change in plan.changes:
                 columns = tuple(sorted(change.values))
