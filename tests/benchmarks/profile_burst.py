@@ -52,9 +52,12 @@ HOT = [
     ("scheduler wake-up computation", "scheduler.py", "_compute_wake_at"),
     ("store.due_jobs", "peewee_store.py", "due_jobs"),
     ("store.next_due_at", "peewee_store.py", "next_due_at"),
-    ("store.claim_slot", "peewee_store.py", "claim_slot"),
-    ("store.mark_running", "peewee_store.py", "mark_running"),
-    ("store.complete_run", "peewee_store.py", "complete_run"),
+    ("store.claim_slots (a round)", "peewee_store.py", "claim_slots"),
+    ("store.mark_runs_running (a round)", "peewee_store.py", "mark_runs_running"),
+    ("store.complete_runs (a round)", "peewee_store.py", "complete_runs"),
+    ("store.claim_slot (one job)", "peewee_store.py", "claim_slot"),
+    ("store.mark_running (one run)", "peewee_store.py", "mark_running"),
+    ("store.complete_run (one run)", "peewee_store.py", "complete_run"),
     ("store.get_run", "peewee_store.py", "get_run"),
     ("row -> Job", "peewee_store.py", "_job"),
     ("row -> JobRun", "peewee_store.py", "_run"),
@@ -86,11 +89,24 @@ class StatementCounter:
                (pw.SqliteDatabase, "begin", "BEGIN"), (pw.PostgresqlDatabase, "begin", "BEGIN")]
 
     def __enter__(self) -> "StatementCounter":
+        from pjcore.contrib.peewee_store import PeeweeJobStore
+
         self._saved = []
         for cls, name, kind in self.PATCHED:
             original = cls.__dict__[name]
             self._saved.append((cls, name, original))
             setattr(cls, name, self._counting(original, kind))
+        # the store's executemany path goes to the driver's cursor directly:
+        # one statement per parameter row
+        original = PeeweeJobStore.__dict__["_exec_many"]
+        self._saved.append((PeeweeJobStore, "_exec_many", original))
+
+        def many(store, stmt, rows):
+            for _ in rows:
+                self._add(stmt.sql.lstrip().split(None, 1)[0].upper())
+            return original(store, stmt, rows)
+
+        PeeweeJobStore._exec_many = many
         return self
 
     def __exit__(self, *exc) -> None:
