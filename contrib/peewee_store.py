@@ -1083,9 +1083,10 @@ class PeeweeJobStore(BaseJobStore):
         # both from an index: (plugin_id, job_key) and (plugin_key, plugin_id)
         if J.select(J.id).where(J.plugin_id == plugin).limit(1).exists():
             return plugin
-        row = J.select(J.plugin_id).where(J.plugin_key == plugin).order_by(J.plugin_id) \
-            .limit(1).tuples().first()
-        return None if row is None else row[0]
+        # sorted here: the column's collation differs between databases
+        ids = sorted(i for (i,) in J.select(J.plugin_id).distinct()
+                     .where(J.plugin_key == plugin).tuples())
+        return ids[0] if ids else None
 
     @_operation
     def get_job(self, job_id: str) -> Job | None:

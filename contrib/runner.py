@@ -92,27 +92,34 @@ class ThreadRunner(Runner):
         return self._pool
 
     def submit(self, handler: Callable[..., Any], context: JobContext) -> "Future[Outcome]":
+        future: Future[Outcome] = Future()
         with self._lock:
             if self._stopped:
                 # The contract: never raise, resolve to an Outcome.
                 return _resolved(Outcome("cancelled", "the runner is stopped"))
             try:
-                future = self._ensure_pool().submit(call_handler, handler, context)
+                self._ensure_pool().submit(self._work, future, handler, context)
             except RuntimeError as exc:  # interpreter shutting down
                 return _resolved(Outcome("cancelled", f"the runner cannot start work: {exc}"))
             self._inflight.add(future)
-        future.add_done_callback(self._forget)
         return future
 
+    def _work(self, future: "Future[Outcome]", handler: Callable[..., Any],
+              context: JobContext) -> None:
+        try:
+            if future.set_running_or_notify_cancel():
+                # the caller's done callbacks run here, on this worker
+                future.set_result(call_handler(handler, context))
+        finally:
+            # only now is the worker free again (see idle_workers)
+            with self._lock:
+                self._inflight.discard(future)
+
     def idle_workers(self) -> int:
-        # a call counts until its done callbacks ran, after its handler
-        # returned: never fewer busy workers than there really are
+        # A call counts from submit() until its done callbacks have run on
+        # its worker: never fewer busy workers than there really are.
         with self._lock:
             return 0 if self._stopped else max(0, self.max_workers - len(self._inflight))
-
-    def _forget(self, future: Future) -> None:
-        with self._lock:
-            self._inflight.discard(future)
 
     def stop(self, timeout: float | None = None) -> bool:
         with self._lock:

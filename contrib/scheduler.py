@@ -239,6 +239,12 @@ class ThreadScheduler(Scheduler):
         self._record_lock = threading.Lock()
         # handlers' outcomes for the loop to record, a round's worth at once
         self._end_queue: list[_InFlight] = []
+        # held from reading the runner's idle workers until the runs started
+        # for them are submitted (see _dispatch_many). Re-entrant: a run that
+        # ended before its done callback was added announces its end in the
+        # submitting thread, and an observer may trigger a run from there
+        # (it freed its worker first, so the count still holds).
+        self._submit_lock = threading.RLock()
 
     def __repr__(self) -> str:
         return f"ThreadScheduler(owner={self.owner!r}, max_concurrent={self.max_concurrent})"
@@ -592,7 +598,8 @@ class ThreadScheduler(Scheduler):
         entry = self._admit(job, run)
         if entry is None:
             return False
-        self._submit(entry)
+        with self._submit_lock:
+            self._submit(entry)
         return True
 
     def _dispatch_many(self, claimed: list[tuple[Job, JobRun]]) -> int:
@@ -600,7 +607,11 @@ class ThreadScheduler(Scheduler):
         first (one store call instead of one per worker) as far as the
         runner has idle workers for them; how many went."""
         entries = [e for e in (self._admit(job, run) for job, run in claimed) if e is not None]
-        if entries:
+        if not entries:
+            return 0
+        # Under the lock, no other submit (a trigger, a retry) takes a worker
+        # counted idle here before these runs reach it.
+        with self._submit_lock:
             try:
                 idle = self.runner.idle_workers() or 0
             except Exception:  # a runner's bug must not stop the round
@@ -608,8 +619,8 @@ class ThreadScheduler(Scheduler):
                 idle = 0
             if idle > 0:
                 self._start_many(entries[:idle])
-        for entry in entries:
-            self._submit(entry)
+            for entry in entries:
+                self._submit(entry)
         return len(entries)
 
     def _start_many(self, entries: list[_InFlight]) -> None:
@@ -698,14 +709,27 @@ class ThreadScheduler(Scheduler):
             started = self._mark_running(entry, context)
             if started is None:
                 raise RunCancelled(context.cancel_reason or "cancelled before it started")
-        elif context.cancelled:
-            # ended (timed out, unregistered, stopping) before a worker took it
-            raise RunCancelled(context.cancel_reason or "cancelled before it started")
+        else:
+            # Started by the loop: the gate mark_running keeps for a worker.
+            # unregister_plugin drops the plugin before it cancels the runs in
+            # the store, and _end decides a run's end before recording it:
+            # either way the store may already hold the run ended, before
+            # the signal reaches the context.
+            with self._lock:
+                unregistered = entry.job.plugin_id not in self._plugins
+                ended = entry.ended
+            if unregistered or ended or context.cancelled:
+                raise RunCancelled(context.cancel_reason
+                                   or (UNREGISTERED if unregistered else "cancelled before it started"))
         if context.trigger is not RunTrigger.schedule:
             self._stamp_manual_start(entry.job, self.clock.now())
         if self._listens("run_started"):
             # what the store now holds, without reading it back
-            self._notify("run_started", run=started or entry.running(self.owner), job=entry.job)
+            if started is None:
+                started = (entry.running(self.owner) if entry.lease_until is not None
+                           else self.store.get_run(entry.run_id))
+            if started is not None:
+                self._notify("run_started", run=started, job=entry.job)
         handler = self._resolve(entry.job.plugin_key, entry.job.job_key)
         if handler is None:
             raise HandlerLookupError(entry.job.plugin_key, entry.job.job_key)
@@ -880,9 +904,10 @@ class ThreadScheduler(Scheduler):
                 return
             listening = self._listens("run_finished")
             for entry, done in zip(batch, applied):
-                status, error, _, ended_at = entry.queued_end
-                if (done and status is RunStatus.succeeded and entry.started_at is not None
-                        and listening):
+                status, error, detail, ended_at = entry.queued_end
+                if (done and listening and status is RunStatus.succeeded and error is None
+                        and detail is None and entry.started_at is not None
+                        and entry.lease_until is not None):
                     # exactly what the store now holds (an error text could
                     # come back altered by the store: those are read back)
                     entry.final = attrs.evolve(
@@ -977,12 +1002,22 @@ class ThreadScheduler(Scheduler):
                 self._renew_at = None
             return
         lease_until = self._lease_until(now)
-        renewed = set(self.store.renew_leases(self.owner, ids, lease_until=lease_until, now=now))
+        try:
+            renewed = set(self.store.renew_leases(self.owner, ids, lease_until=lease_until,
+                                                  now=now))
+        except BaseException:
+            # It may have been applied all the same: the stored lease is
+            # unknown until the next renewal (announcements read the run back)
+            with self._lock:
+                for e in self._inflight.values():
+                    if e.run_id in ids:
+                        e.lease_until = None
+            raise
         with self._lock:
             self._renew_at = now + timedelta(seconds=self.lease_seconds / 3)
             for e in self._inflight.values():
                 if e.run_id in renewed and e.started_at is not None:
-                    e.lease_until = lease_until
+                    e.lease_until = lease_until  # known again
             lost = [e for e in self._inflight.values()
                     if e.run_id in ids and e.run_id not in renewed and not e.ended]
         # Ended behind our back (abandoned or cancelled by another scheduler):

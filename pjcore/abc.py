@@ -450,7 +450,10 @@ class Runner(metaclass=ABCMeta):
         A scheduler records that many runs ``running`` together before it
         submits them, saving a store write per run; every other run is
         recorded ``running`` by its worker as the handler starts. Never count
-        a worker that may be busy: a run recorded running must not wait.
+        a worker that may be busy (a call counts until its future's done
+        callbacks have run): a run recorded running must not wait. The
+        scheduler reads this and submits those runs under a lock of its own,
+        so a runner that takes work from elsewhere too must return ``None``.
         """
         return None
 

@@ -6,7 +6,7 @@ planning and the cursor format; nothing requires it.
 
 from __future__ import annotations
 
-import random
+import os
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from datetime import datetime, timedelta, timezone
@@ -33,7 +33,10 @@ def new_id() -> str:
     page of its own, and every page touched is written at commit)."""
     # version 7 in bits 76-79, variant 0b10 in bits 62-63, both inside the
     # 80 random bits below the timestamp
-    h = f"{(time.time_ns() // 1_000_000) << 80 | random.getrandbits(80) & _UUID_FIXED | _UUID_V7:032x}"
+    # os.urandom, not the random module: a program may seed that one, and
+    # two ids in the same millisecond would then be equal
+    rand = int.from_bytes(os.urandom(10), "big")
+    h = f"{(time.time_ns() // 1_000_000) << 80 | rand & _UUID_FIXED | _UUID_V7:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

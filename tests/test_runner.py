@@ -362,3 +362,24 @@ def test_no_work_is_accepted_after_stop_until_started_again():
     finally:
         runner.stop(5)
     assert [c.run_id for c in called] == ["a", "c"]
+
+
+def test_idle_workers_counts_a_worker_busy_until_its_done_callbacks_ran():
+    runner = ThreadRunner(max_workers=2)
+    go, in_callback, release = threading.Event(), threading.Event(), threading.Event()
+    try:
+        assert runner.idle_workers() == 2
+        future = runner.submit(lambda ctx: go.wait(5), make_context())
+        assert runner.idle_workers() == 1  # taken at submit, before the worker starts
+        # a done callback runs on the worker (the scheduler records ends there)
+        future.add_done_callback(lambda f: (in_callback.set(), release.wait(5)))
+        go.set()
+        assert in_callback.wait(5)
+        assert future.done() and runner.idle_workers() == 1  # still in the callback
+        release.set()
+        wait_for(lambda: runner.idle_workers() == 2, 5, "the worker free again")
+    finally:
+        go.set()
+        release.set()
+        runner.stop(5)
+    assert runner.idle_workers() == 0  # stopped: takes nothing

@@ -77,12 +77,12 @@ class Env:
 
     def __init__(self, store, *, clock=None, handlers=None, max_concurrent: int = 10,
                  default_timeout: float | None = None, max_workers: int | None = None,
-                 **options: Any) -> None:
+                 runner: ThreadRunner | None = None, **options: Any) -> None:
         self.store = store
         self.clock = clock or ManualClock(T0)
         self.handlers: dict[tuple[str, str], Callable] = dict(handlers or {})
         self.events: list[tuple[str, Any, Any]] = []
-        self.runner = ThreadRunner(max_workers=max_workers or max_concurrent)
+        self.runner = runner or ThreadRunner(max_workers=max_workers or max_concurrent)
         self.scheduler = ThreadScheduler(
             store=store, runner=self.runner, clock=self.clock,
             resolve=lambda plugin_key, job_key: self.handlers.get((plugin_key, job_key)),
@@ -1520,3 +1520,75 @@ def test_announcements_are_skipped_when_nobody_listens(listening):
     finally:
         scheduler.stop()
         runner.stop()
+
+
+# -- runs the loop marks running itself -------------------------------------------
+
+
+class HeldRunner(ThreadRunner):
+    """A ThreadRunner whose workers wait at a gate before each call."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = threading.Event()
+        self.waiting = threading.Event()
+
+    def submit(self, handler, context):
+        def held(ctx):
+            self.waiting.set()
+            self.gate.wait(10)
+            return handler(ctx)
+
+        return super().submit(held, context)
+
+
+def test_a_started_run_whose_plugin_is_unregistered_before_its_worker_takes_it_never_calls_the_handler():
+    runner = HeldRunner(max_workers=2)
+    handler = Gate()
+    handler.release.set()
+
+    class LetTheWorkerGoFirst(MemoryJobStore):
+        # the worker goes on after the store cancelled the run but before
+        # the scheduler signals it: the window the scheduler must close
+        def cancel_runs(self, *args, **kwargs):
+            cancelled = super().cancel_runs(*args, **kwargs)
+            runner.gate.set()
+            wait_for(lambda: handler.calls or runner.idle_workers() == 2, 5, "the worker")
+            return cancelled
+
+    env = Env(LetTheWorkerGoFirst(), runner=runner)
+    try:
+        env.load(decl("sync"))
+        env.handle("sync", handler)
+        env.clock.set(hm(10, 45))
+        assert env.scheduler.tick() == 1
+        (run,) = env.runs()
+        # recorded running by the loop, for an idle worker
+        assert env.run(run.id).status is RunStatus.running
+        assert runner.waiting.wait(5)
+        assert env.scheduler.unregister_plugin(PLUGIN, "disabled") == [run.id]
+        env.settle()
+        assert handler.calls == 0
+        assert env.run(run.id).status is RunStatus.cancelled
+        assert env.events_of("run_started") == []
+    finally:
+        runner.gate.set()
+        env.close()
+
+
+def test_runs_beyond_the_idle_workers_are_marked_running_by_their_worker(memory_env):
+    env = memory_env(max_workers=1, max_concurrent=3)
+    env.load(decl("a"), decl("b"), decl("c"))
+    gates = {key: env.handle(key, Gate()) for key in "abc"}
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == 3
+    # one worker: one run started by the loop, two wait queued in the runner
+    wait_for(lambda: sum(g.calls for g in gates.values()) == 1, 5, "one handler")
+    statuses = sorted(r.status.value for r in env.runs())
+    assert statuses == ["queued", "queued", "running"]
+    for gate in gates.values():
+        gate.release.set()
+    env.settle()
+    assert sorted(r.status.value for r in env.runs()) == ["succeeded"] * 3
+    # each started when its handler did, not when the loop dispatched it
+    assert all(r.started_at is not None for r in env.runs())
