@@ -47,19 +47,15 @@ Notify = Callable[..., None]
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 #: ``JobStore`` page limit
 _MAX_LIMIT = 1000
-#: due jobs read per tick, in multiples of the free capacity, while other
-#: schedulers compete for the same jobs (see _round)
+#: due jobs read per tick, in multiples of the free capacity (see _round)
 _SPREAD = 4
-#: clock seconds after a refused claim during which the spread stays on
-CONTENDED_FOR = 30.0
 #: claims sent to the store at once (one transaction in the peewee store).
 #: Small, because a batch holds its job rows until it commits: schedulers
 #: sharing a database then still interleave their claims job by job instead
 #: of one taking every due job in a single transaction (and keeping them,
-#: as it frees each job first when its handler returns). Not only while a
-#: claim was refused lately: the first scheduler to see a burst has had no
-#: refusal yet, and would take it whole. As large as the default
-#: ``max_concurrent``, so a full round at the default cap is one transaction.
+#: as it frees each job first when its handler returns). As large as the
+#: default ``max_concurrent``, so a full round at the default cap is one
+#: transaction.
 CLAIM_BATCH = 10
 #: clock seconds before a job whose claim was refused (a run of it in flight
 #: in another process) is looked at again
@@ -232,9 +228,6 @@ class ThreadScheduler(Scheduler):
         # committed although it raised; look for such runs once it works again
         self._orphans_possible = False
         self._recovering = False  # the last tick failed: see _round
-        # a claim was refused (another scheduler on the database) lately:
-        # read more due jobs than there is room for, see _round
-        self._contended_until: datetime | None = None
         # one writer of deferred end records at a time (loop thread, stop())
         self._record_lock = threading.Lock()
         # handlers' outcomes for the loop to record, a round's worth at once
@@ -484,13 +477,12 @@ class ThreadScheduler(Scheduler):
         # times longer than the free capacity: schedulers sharing a database
         # then start on different jobs instead of all going for the same rows
         # and refusing each other's claims. Older slots still come first.
-        # Alone on the database (no claim refused lately), the due jobs the
-        # tick can start are all it reads.
-        contended = self._contended_until is not None and now < self._contended_until
-        limit = min(free * (_SPREAD if contended else 1) + len(busy), _MAX_LIMIT)
+        # (Reading only as many as there is room for, until a claim is
+        # refused, was tried: the schedulers of a burst then all start on the
+        # same rows, and the first takes the burst whole.)
+        limit = min(free * _SPREAD + len(busy), _MAX_LIMIT)
         due = self.store.due_jobs(now, limit=limit, plugin_ids=plugin_ids)
-        if contended:  # alone, the store's order (oldest due first) is the one
-            due.sort(key=lambda j: (j.next_run_at, zlib.crc32(f"{self.owner}/{j.id}".encode())))
+        due.sort(key=lambda j: (j.next_run_at, zlib.crc32(f"{self.owner}/{j.id}".encode())))
         # still running: the slot waits, the misfire policy decides later
         queue = [job for job in due if job.id not in busy]
         lease_until = self._lease_until(now)
@@ -533,7 +525,6 @@ class ThreadScheduler(Scheduler):
                     # it is in flight elsewhere; only the last keeps it due.
                     with self._lock:
                         self._blocked[job.id] = now + timedelta(seconds=BLOCKED_RETRY)
-                    self._contended_until = now + timedelta(seconds=CONTENDED_FOR)
                     continue
                 if plan.missed:
                     logger.warning(
