@@ -82,7 +82,10 @@ PG_POOL_TIMEOUT = 10.0
 _NON_TERMINAL = [s.value for s in NON_TERMINAL]
 _TERMINAL = [s.value for s in RunStatus if s.terminal]
 _CHUNK = 60  # rows or ids per statement: under 999 bound parameters (old SQLite builds)
-_JOBS_PER_INSERT = 50  # job rows per INSERT: 17 parameters each, 850 in all
+_JOBS_PER_INSERT = 50
+_RUNS_PER_INSERT = 50  # 16 parameters each
+#: UPDATE ... RETURNING: SQLite 3.35 and later (PostgreSQL always)
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)  # job rows per INSERT: 17 parameters each, 850 in all
 #: plugin ids per due-job statement. As many as the parameter limit allows:
 #: the due index holds no plugin id, so a statement for a part of the plugins
 #: walks past the due jobs of the others (ids grow with creation time, so a
@@ -676,6 +679,18 @@ class _HotSQL:
                 R.job.in_([_arg(i) for i in range(n)])
                 & (R.status.in_(_NON_TERMINAL)
                    | R.scheduled_for.in_([_arg(n + i) for i in range(slots)])))
+        if kind == "mark_many":  # queued -> running for n runs; the ids it changed
+            (n,) = shape
+            return R.update({
+                R.status: RunStatus.running.value, R.started_at: _arg(0), R.owner: _arg(1),
+                R.lease_until: _arg(2)}).where(
+                R.id.in_([_arg(3 + i) for i in range(n)])
+                & (R.status == RunStatus.queued.value)).returning(R.id)
+        if kind == "insert_runs":  # n rows of every column, row after row
+            (n,) = shape
+            width = len(self.run_fields)
+            return R.insert_many([{f: _arg(row * width + i) for i, f in enumerate(self.run_fields)}
+                                  for row in range(n)])
         if kind == "insert_jobs":  # n rows of every column, row after row
             (n,) = shape
             width = len(self.job_fields)
@@ -1306,7 +1321,9 @@ class PeeweeJobStore(BaseJobStore):
         # Every claim is decided above, on rows this transaction holds: the
         # writes go in one call per statement (a slot's run that appeared
         # meanwhile raises IntegrityError, and claim_slots rolls back).
-        self._exec_many(sql.insert_run, inserts)
+        # runs: many rows per statement (one round trip on PostgreSQL)
+        for chunk in _chunks(inserts, _RUNS_PER_INSERT):
+            self._exec(sql.get(("insert_runs", len(chunk))), [v for row in chunk for v in row])
         for with_slot, rows in moves.items():
             self._exec_many(sql.get(("claim_update", with_slot)), rows)
         return out
@@ -1452,9 +1469,25 @@ class PeeweeJobStore(BaseJobStore):
         if not run_ids:
             return []
         now_us, until_us = _us(now), _us(lease_until)
-        return self._each_applies(self._sql.mark_running,
-                                  [(now_us, owner, until_us, run_id) for run_id in run_ids],
-                                  distinct=len(set(run_ids)) == len(run_ids))
+        if not _RETURNING and not self._pg:
+            return self._each_applies(self._sql.mark_running,
+                                      [(now_us, owner, until_us, run_id) for run_id in run_ids],
+                                      distinct=len(set(run_ids)) == len(run_ids))
+        # One guarded UPDATE for the batch (one round trip on PostgreSQL,
+        # where an executemany costs one per row); RETURNING names the runs
+        # it applied to, each at most once however often it is listed.
+        applied: set[str] = set()
+        distinct = list(dict.fromkeys(run_ids))
+        with self._write():
+            for chunk in _chunks(distinct):
+                stmt = self._sql.get(("mark_many", len(chunk)))
+                applied.update(i for (i,) in self._exec(
+                    stmt, (now_us, owner, until_us, *chunk)).fetchall())
+        out = []
+        for run_id in run_ids:
+            out.append(run_id in applied)
+            applied.discard(run_id)  # a repeat of it finds it running already
+        return out
 
     def _each_applies(self, stmt: _Prepared, rows: list[tuple[Any, ...]], *,
                       distinct: bool) -> list[bool]:

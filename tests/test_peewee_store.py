@@ -623,3 +623,27 @@ def test_due_jobs_of_more_plugins_than_one_statement_takes_merge_in_due_order(
         .plugin_id == "p0"
     assert store.next_due_at(plugin_ids=plugins) == T0.replace(minute=35)
     assert store.next_due_at(plugin_ids=["p0", "p1"]) == T0.replace(minute=50)
+
+
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "sqlite-before-3.35"])
+def test_mark_runs_running_in_one_statement_or_row_by_row(tmp_path, monkeypatch, returning):
+    monkeypatch.setattr(peewee_store, "_RETURNING", returning)
+    store = PeeweeJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        store.sync_jobs("p", "acme", [decl("a"), decl("b"), decl("c")], now=T0)
+        jobs = {j.job_key: j for j in store.list_jobs("p")}
+        runs = {k: store.create_run(jobs[k].id, trigger="manual", now=T0) for k in "abc"}
+        assert store.complete_run(runs["c"].id, status="cancelled", now=T0)
+        a, b, c = (runs[k].id for k in "abc")
+        later = T0 + timedelta(seconds=1)
+        # a repeated id applies once; a terminal run and an unknown id never
+        assert store.mark_runs_running([a, b, a, c, "nope"], now=later, owner="w",
+                                       lease_until=T0 + timedelta(minutes=1)) == [
+            True, True, False, False, False]
+        for run_id in (a, b):
+            run = store.get_run(run_id)
+            assert (run.status.value, run.started_at, run.owner) == ("running", later, "w")
+        assert store.get_run(c).status.value == "cancelled"
+        assert store.get_run(c).started_at is None
+    finally:
+        store.close()
