@@ -68,6 +68,7 @@ try:
 except ImportError:  # not on Windows: peak memory is then not reported
     resource = None
 
+from pjcore.cli import positive_int, seconds
 from pjcore.clock import SystemClock
 from pjcore.hookspecs import hookimpl
 from pjcore.manifest import MAX_JOBS
@@ -727,28 +728,8 @@ def format_report(report: dict) -> str:
 # -- command line ------------------------------------------------------------------
 
 
-def _positive_int(limit: int | None = None):
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-        if number < 1 or (limit is not None and number > limit):
-            bound = f"between 1 and {limit}" if limit else "at least 1"
-            raise argparse.ArgumentTypeError(f"must be {bound}: {value!r}")
-        return number
-
-    return parse
-
-
-def _seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not 0 < number < 10**6:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0: {value!r}")
-    return number
+#: bench durations: seconds above 0 and below a million
+_seconds = seconds(10**6)
 
 
 def _scenarios(value: str) -> tuple[str, ...]:
@@ -767,24 +748,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sqlite:///file.db or postgresql://user@host/db; tables get a "
                              "unique prefix and are dropped afterwards (default: a new SQLite "
                              "file per repetition in a temporary folder)")
-    parser.add_argument("--jobs", type=_positive_int(), default=d.jobs, metavar="N",
+    parser.add_argument("--jobs", type=positive_int(), default=d.jobs, metavar="N",
                         help="burst: jobs due at once (default: %(default)s)")
-    parser.add_argument("--single-slots", type=_positive_int(10_000), default=d.single_slots,
+    parser.add_argument("--single-slots", type=positive_int(10_000), default=d.single_slots,
                         metavar="S", help="single: slots of the lone per-second job "
                                           "(default: %(default)s)")
-    parser.add_argument("--stored", type=_positive_int(), default=d.stored, metavar="M",
+    parser.add_argument("--stored", type=positive_int(), default=d.stored, metavar="M",
                         help="idle and query: stored jobs, none due (default: %(default)s)")
-    parser.add_argument("--manifest-jobs", type=_positive_int(MAX_JOBS), default=d.manifest_jobs,
+    parser.add_argument("--manifest-jobs", type=positive_int(MAX_JOBS), default=d.manifest_jobs,
                         metavar="K", help="sync: jobs in the manifest (default: %(default)s, "
                                           f"at most {MAX_JOBS})")
     parser.add_argument("--idle-seconds", type=_seconds, default=d.idle_seconds, metavar="S",
                         help="idle: how long to watch the scheduler (default: %(default)g)")
-    parser.add_argument("--queries", type=_positive_int(), default=d.queries, metavar="Q",
+    parser.add_argument("--queries", type=positive_int(), default=d.queries, metavar="Q",
                         help="query: timed calls per figure and repetition (default: %(default)s)")
-    parser.add_argument("--repeat", type=_positive_int(), default=d.repeat, metavar="R",
+    parser.add_argument("--repeat", type=positive_int(), default=d.repeat, metavar="R",
                         help="repetitions of every scenario, each in a fresh process "
                              "(default: %(default)s)")
-    parser.add_argument("--max-concurrent", type=_positive_int(1000), default=d.max_concurrent,
+    parser.add_argument("--max-concurrent", type=positive_int(1000), default=d.max_concurrent,
                         metavar="C", help="the Host's max_concurrent (default: %(default)s)")
     parser.add_argument("--timeout", type=_seconds, default=d.timeout, metavar="S",
                         help="a burst not finished after this long fails (default: %(default)g)")

@@ -381,15 +381,38 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------------
 
 
-def _positive(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    # "not >" also rejects nan; inf would make threading waits overflow.
-    if not 0 < number < 10**9:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0: {value!r}")
-    return number
+def positive_int(limit: int | None = None):
+    """An argparse type: an integer from 1 (to *limit*, if given)."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+        if number < 1 or (limit is not None and number > limit):
+            bound = f"between 1 and {limit}" if limit else "at least 1"
+            raise argparse.ArgumentTypeError(f"must be {bound}: {value!r}")
+        return number
+
+    return parse
+
+
+def seconds(below: float = 10**9):
+    """An argparse type: a number of seconds above 0 and below *below*."""
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        # "not >" also rejects nan; inf would make threading waits overflow.
+        if not 0 < number < below:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds > 0: {value!r}")
+        return number
+
+    return parse
+
+
+_positive = seconds()
+_count = positive_int(1000)
 
 
 def _reason(value: str) -> str:
@@ -398,16 +421,6 @@ def _reason(value: str) -> str:
     if len(value) > MAX_TEXT:
         raise argparse.ArgumentTypeError(f"at most {MAX_TEXT} characters, not {len(value)}")
     return value
-
-
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if not 1 <= number <= 1000:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 1000: {value!r}")
-    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
