@@ -1246,12 +1246,13 @@ class PeeweeJobStore(BaseJobStore):
                     self._sql.get(("look", len(chunk))), chunk).fetchall():
                 if status == JobStatus.active.value:
                     looked[job_id] = (pointer, bool(busy))
+        # microseconds once: compared here and again under the lock (the
+        # job ids are distinct by now)
+        expected = {c["job_id"]: _us(c.get("expected")) for c in claims}
         results: list[Claim | None] = []
         for c in claims:
-            # microseconds once: compared here and again under the lock
-            c["expected_us"] = _us(c.get("expected"))
             found = looked.get(c["job_id"])
-            ok = (found is not None and found[0] == c["expected_us"]
+            ok = (found is not None and found[0] == expected[c["job_id"]]
                   and not (found[1] and c.get("run_slot") is not None))
             results.append(None if ok else Claim(applied=False))
         todo = [claims[i] for i, r in enumerate(results) if r is None]
@@ -1260,17 +1261,17 @@ class PeeweeJobStore(BaseJobStore):
                 # one transaction for the round; each claim is still checked
                 # and applied on its own inside it, exactly as claim_slot does
                 with self._write():
-                    done = self._claim_many(todo)
+                    done = self._claim_many(todo, expected)
             except pw.IntegrityError:
                 # a slot's run appeared meanwhile (and the batch was rolled
                 # back): claim one by one, so only that claim is refused
-                done = [self.claim_slot.__wrapped__(
-                    self, **{k: v for k, v in c.items() if k != "expected_us"}) for c in todo]
+                done = [self.claim_slot.__wrapped__(self, **c) for c in todo]
             it = iter(done)
             results = [next(it) if r is None else r for r in results]
         return results  # type: ignore[return-value]
 
-    def _claim_many(self, claims: list[dict[str, Any]]) -> list[Claim]:
+    def _claim_many(self, claims: list[dict[str, Any]],
+                    expected: dict[str, int | None]) -> list[Claim]:
         """claim_slots' step inside the caller's write transaction: the
         statements of :meth:`_claim`, each issued once for the batch."""
         sql = self._sql
@@ -1283,7 +1284,7 @@ class PeeweeJobStore(BaseJobStore):
                 if row[4] == JobStatus.active.value:
                     jobs[row[0]] = row
         ready = [c for c in claims if c["job_id"] in jobs
-                 and jobs[c["job_id"]][3] == c["expected_us"]]
+                 and jobs[c["job_id"]][3] == expected[c["job_id"]]]
         runs: dict[str, list[tuple[str, int | None]]] = {}
         with_slot = [c for c in ready if c.get("run_slot") is not None]
         for chunk in _chunks(with_slot):
@@ -1299,7 +1300,7 @@ class PeeweeJobStore(BaseJobStore):
         for c in claims:
             job_id = c["job_id"]
             job = jobs.get(job_id)
-            if job is None or job[3] != c["expected_us"]:
+            if job is None or job[3] != expected[job_id]:
                 out.append(Claim(applied=False))
                 continue
             slot, now = _us(c.get("run_slot")), c["now"]
