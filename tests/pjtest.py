@@ -72,14 +72,17 @@ def plugin_env(site: Path | None, **extra: str) -> dict[str, str]:
 
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition",
-             *, poll: float = 0.002) -> Any:
-    """Poll *condition* every *poll* seconds until truthy; fail after *timeout* real seconds."""
+def wait_for(condition: Callable[[], Any], timeout: float = 5.0,
+             what: str | Callable[[], str] = "condition", *, poll: float = 0.002) -> Any:
+    """Poll *condition* every *poll* seconds until truthy; fail after *timeout* real seconds.
+
+    *what* names the condition in the failure; a callable is asked then, so
+    the message can show the state the condition last saw."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
+            raise AssertionError(f"{what() if callable(what) else what} not met within {timeout}s")
         time.sleep(poll)

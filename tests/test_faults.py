@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -80,7 +81,7 @@ class Workers:
                 proc.wait()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float, what: str | Callable[[], str]) -> Any:
     return pjtest.wait_for(condition, timeout, what, poll=0.05)
 
 
@@ -162,15 +163,23 @@ def test_three_schedulers_run_every_slot_exactly_once(postgres_url, pg_store, tm
 def test_a_killed_scheduler_s_runs_are_abandoned_within_the_lease(postgres_url, pg_store,
                                                                   tmp_path):
     lease = 2.0
+    # A scheduler whose run ends claims that job's next slot at once, before
+    # the others look again: the first to start would keep all 30 jobs. A cap
+    # of 10 each is what spreads them, as in a deployment.
     workers = Workers(tmp_path, postgres_url, pg_store.table_prefix, 3, jobs=30,
-                      schedule=PER_SECOND, duration=12, lease=lease, handler_sleep=2.5)
+                      schedule=PER_SECOND, duration=12, lease=lease, handler_sleep=2.5,
+                      max_concurrent=10)
     victim = workers.owners[0]
     try:
         # the victim has runs in flight, and every process has started runs
-        wait_for(lambda: {r.owner for r in runs_of(pg_store, status="running")}
-                 >= set(workers.owners) and sum(
-                     r.owner == victim for r in runs_of(pg_store, status="running")) >= 2,
-                 timeout=10, what="runs in flight in every process")
+        def spread() -> bool:
+            running = Counter(r.owner for r in runs_of(pg_store, status="running"))
+            seen.append(dict(running))
+            return set(running) >= set(workers.owners) and running[victim] >= 2
+
+        seen: list[dict] = []
+        wait_for(spread, timeout=10,
+                 what=lambda: f"runs in flight in every process (running by owner: {seen[-1]})")
         workers.procs[0].send_signal(signal.SIGKILL)
         killed_at, killed_wall = time.monotonic(), datetime.now(UTC)
         workers.procs[0].wait(5)
