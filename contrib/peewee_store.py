@@ -1234,11 +1234,11 @@ class PeeweeJobStore(BaseJobStore):
             return Claim(applied=False)
 
     @_operation
-    def claim_slots(self, claims: Sequence[Any]) -> list[Claim]:
+    def claim_slots(self, claims: Sequence[Any], *, start: int = 0) -> list[Claim]:
         claims = [dict(c) for c in claims]
         ids = [c["job_id"] for c in claims]
         if len(set(ids)) != len(ids):  # the same job twice: one after the other
-            return [self.claim_slot.__wrapped__(self, **c) for c in claims]
+            return self._claim_each(claims, start)
         # The first look, as claim_slot's, but one statement for the batch.
         looked: dict[str, tuple[int | None, bool]] = {}
         for chunk in _chunks(ids):
@@ -1257,23 +1257,31 @@ class PeeweeJobStore(BaseJobStore):
             results.append(None if ok else Claim(applied=False))
         todo = [claims[i] for i, r in enumerate(results) if r is None]
         if todo:
+            starting = {c["job_id"] for c in claims[:start]}
             try:
                 # one transaction for the round; each claim is still checked
                 # and applied on its own inside it, exactly as claim_slot does
                 with self._write():
-                    done = self._claim_many(todo, expected)
+                    done = self._claim_many(todo, expected, starting)
             except pw.IntegrityError:
                 # a slot's run appeared meanwhile (and the batch was rolled
                 # back): claim one by one, so only that claim is refused
-                done = [self.claim_slot.__wrapped__(self, **c) for c in todo]
+                return self._claim_each(claims, start)
             it = iter(done)
             results = [next(it) if r is None else r for r in results]
         return results  # type: ignore[return-value]
 
-    def _claim_many(self, claims: list[dict[str, Any]],
-                    expected: dict[str, int | None]) -> list[Claim]:
+    def _claim_each(self, claims: list[dict[str, Any]], start: int) -> list[Claim]:
+        """claim_slots one claim at a time, each in a transaction of its own."""
+        claimed = [self.claim_slot.__wrapped__(self, **c) for c in claims]
+        return self._start_claimed(claims, claimed, start,
+                                   functools.partial(self.mark_running.__wrapped__, self))
+
+    def _claim_many(self, claims: list[dict[str, Any]], expected: dict[str, int | None],
+                    starting: set[str]) -> list[Claim]:
         """claim_slots' step inside the caller's write transaction: the
-        statements of :meth:`_claim`, each issued once for the batch."""
+        statements of :meth:`_claim`, each issued once for the batch; the
+        runs of the jobs in *starting* are written ``running``."""
         sql = self._sql
         ids = [c["job_id"] for c in claims]
         jobs: dict[str, tuple[Any, ...]] = {}
@@ -1311,10 +1319,12 @@ class PeeweeJobStore(BaseJobStore):
                     out.append(Claim(applied=False))
                     continue
                 if not any(scheduled == slot for _, scheduled in rows):
+                    started = job_id in starting
                     run = JobRun(id=new_id(), job_id=job_id, plugin_id=job[1], job_key=job[2],
                                  trigger=RunTrigger.schedule, scheduled_for=c["run_slot"],
-                                 created_at=now, owner=c.get("owner"),
-                                 lease_until=c.get("lease_until"))
+                                 status=RunStatus.running if started else RunStatus.queued,
+                                 created_at=now, started_at=now if started else None,
+                                 owner=c.get("owner"), lease_until=c.get("lease_until"))
                     inserts.append(self._run_row(run))
             moves[slot is not None].append(
                 (_us(c.get("next_run_at")), _us(now), c.get("missed", 0), job_id, slot))

@@ -6,6 +6,7 @@ a handler, so a slow job delays nothing else.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import threading
@@ -512,30 +513,47 @@ class ThreadScheduler(Scheduler):
                 batch.append((job, plan))
             if not batch:
                 break
-            claims = self.store.claim_slots([
-                {"job_id": job.id, "expected": job.next_run_at, "run_slot": plan.run_slot,
-                 "next_run_at": plan.next_run_at, "missed": plan.missed, "now": now,
-                 "owner": self.owner, "lease_until": lease_until}
-                for job, plan in batch])
-            claimed: list[tuple[Job, JobRun]] = []
-            for (job, plan), claim in zip(batch, claims):
-                if not claim.applied:
-                    # Another scheduler took the slot (the pointer moved: the
-                    # next tick sees the new one), the job changed, or a run of
-                    # it is in flight elsewhere; only the last keeps it due.
-                    with self._lock:
-                        self._blocked[job.id] = now + timedelta(seconds=BLOCKED_RETRY)
-                    continue
-                if plan.missed:
-                    logger.warning(
-                        "pjcore job {plugin}/{job} missed {n} slot(s) (policy {policy})",
-                        plugin=job.plugin_key, job=job.job_key, n=plan.missed,
-                        policy=job.policy.misfire.value,
-                    )
-                if claim.run is not None:
-                    claimed.append((job, claim.run))
-            started += self._dispatch_many(claimed)
+            # Under the lock, no other submit (a trigger, a retry) takes a
+            # worker counted idle here before the runs the claim records
+            # running reach it.
+            with self._submit_lock:
+                idle = self._idle_workers()
+                claims = self.store.claim_slots([
+                    {"job_id": job.id, "expected": job.next_run_at, "run_slot": plan.run_slot,
+                     "next_run_at": plan.next_run_at, "missed": plan.missed, "now": now,
+                     "owner": self.owner, "lease_until": lease_until}
+                    for job, plan in batch], start=min(idle, len(batch)))
+                started += self._dispatch_many(self._claimed(batch, claims, now), idle)
         return started
+
+    def _idle_workers(self) -> int:
+        try:
+            return self.runner.idle_workers() or 0
+        except Exception:  # a runner's bug must not stop the round
+            logger.exception("pjcore runner could not tell its idle workers")
+            return 0
+
+    def _claimed(self, batch: list[tuple[Job, Any]], claims: list[Any],
+                 now: datetime) -> list[tuple[Job, JobRun]]:
+        """The runs of a batch's claims that applied; refused jobs wait."""
+        claimed: list[tuple[Job, JobRun]] = []
+        for (job, plan), claim in zip(batch, claims):
+            if not claim.applied:
+                # Another scheduler took the slot (the pointer moved: the
+                # next tick sees the new one), the job changed, or a run of
+                # it is in flight elsewhere; only the last keeps it due.
+                with self._lock:
+                    self._blocked[job.id] = now + timedelta(seconds=BLOCKED_RETRY)
+                continue
+            if plan.missed:
+                logger.warning(
+                    "pjcore job {plugin}/{job} missed {n} slot(s) (policy {policy})",
+                    plugin=job.plugin_key, job=job.job_key, n=plan.missed,
+                    policy=job.policy.misfire.value,
+                )
+            if claim.run is not None:
+                claimed.append((job, claim.run))
+        return claimed
 
     # -- runs ------------------------------------------------------------------
 
@@ -589,30 +607,38 @@ class ThreadScheduler(Scheduler):
         entry = self._admit(job, run)
         if entry is None:
             return False
+        if run.status is RunStatus.running:  # an orphan a claim recorded running
+            self._started(entry, run.started_at, run.lease_until)
         with self._submit_lock:
             self._submit(entry)
         return True
 
-    def _dispatch_many(self, claimed: list[tuple[Job, JobRun]]) -> int:
-        """Hand a round's queued runs to the runner, marked running together
-        first (one store call instead of one per worker) as far as the
-        runner has idle workers for them; how many went."""
+    def _dispatch_many(self, claimed: list[tuple[Job, JobRun]], idle: int) -> int:
+        """Hand a round's runs to the runner; how many went. The caller holds
+        the submit lock and read *idle* under it. Runs the claim recorded
+        running take idle workers first; queued runs are marked running
+        together (one store call instead of one per worker) as far as idle
+        workers remain, and by their worker otherwise."""
         entries = [e for e in (self._admit(job, run) for job, run in claimed) if e is not None]
-        if not entries:
-            return 0
-        # Under the lock, no other submit (a trigger, a retry) takes a worker
-        # counted idle here before these runs reach it.
-        with self._submit_lock:
-            try:
-                idle = self.runner.idle_workers() or 0
-            except Exception:  # a runner's bug must not stop the round
-                logger.exception("pjcore runner could not tell its idle workers")
-                idle = 0
-            if idle > 0:
-                self._start_many(entries[:idle])
-            for entry in entries:
-                self._submit(entry)
+        queued = []
+        for entry in entries:
+            run = entry.run
+            if run.status is RunStatus.running:
+                self._started(entry, run.started_at, run.lease_until)
+                idle -= 1
+            else:
+                queued.append(entry)
+        if idle > 0 and queued:
+            self._start_many(queued[:idle])
+        for entry in entries:
+            self._submit(entry)
         return len(entries)
+
+    def _started(self, entry: _InFlight, now: datetime, lease_until: datetime | None) -> None:
+        """*entry*'s run is recorded running since *now*, leased until *lease_until*."""
+        if entry.timeout:
+            entry.deadline = now + timedelta(seconds=entry.timeout)
+        entry.started_at, entry.lease_until = now, lease_until
 
     def _start_many(self, entries: list[_InFlight]) -> None:
         """``queued`` -> ``running`` for *entries*, just before they are
@@ -631,12 +657,10 @@ class ThreadScheduler(Scheduler):
                 entry.start_failed = True
             return
         for entry, ok in zip(entries, applied):
-            if not ok:
+            if ok:
+                self._started(entry, now, lease_until)
+            else:
                 entry.start_refused = True
-                continue
-            if entry.timeout:
-                entry.deadline = now + timedelta(seconds=entry.timeout)
-            entry.started_at, entry.lease_until = now, lease_until
 
     def _admit(self, job: Job, run: JobRun) -> _InFlight | None:
         """The in-flight entry of a queued run, its job now busy; None if the
@@ -1040,21 +1064,24 @@ class ThreadScheduler(Scheduler):
             self._retry_abandoned(run, job, now)
 
     def _adopt_orphans(self, now: datetime) -> None:
-        """Dispatch queued runs of this scheduler that it does not know about.
+        """Dispatch runs of this scheduler that it does not know about.
 
         A claim or run creation whose connection died at commit raised here
-        although the database committed it: its run is queued and owned by
-        this scheduler, and nobody would start it (it would block its job
+        although the database committed it: its run is queued (or running,
+        as a claim records the runs it starts at once) and owned by this
+        scheduler, and nobody would start it (it would block its job
         until the lease ran out and then be recorded abandoned, its slot
         never run). A run whose slot is past the misfire grace is recorded
         ``skipped`` instead.
         """
         with self._lock:
             plugin_ids = list(self._plugins)
-        for plugin_id in plugin_ids:
+        # running too: a claim records the runs it can start at once running
+        for plugin_id, status in itertools.product(plugin_ids,
+                                                   (RunStatus.queued, RunStatus.running)):
             cursor = None
             while True:
-                page = self.store.list_runs(plugin_id=plugin_id, status=RunStatus.queued,
+                page = self.store.list_runs(plugin_id=plugin_id, status=status,
                                             limit=_MAX_LIMIT, cursor=cursor)
                 for run in page.runs:
                     if run.owner == self.owner:

@@ -10,12 +10,16 @@ from abc import ABCMeta, abstractmethod
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import attrs
+
+from pjcore.models import Claim, RunStatus
+
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
     from pjcore.context import JobContext
     from pjcore.manifest import JobDeclaration
-    from pjcore.models import Claim, Job, JobRun, RunPage, RunStatus, RunTrigger, SyncResult
+    from pjcore.models import Job, JobRun, RunPage, RunTrigger, SyncResult
 
 __all__ = ["JobStore", "Outcome", "Runner", "Scheduler"]
 
@@ -206,19 +210,48 @@ class JobStore(metaclass=ABCMeta):
         :return: ``Claim(applied, run)``; *run* is None when no run was created.
         """
 
-    def claim_slots(self, claims: Sequence[Mapping[str, Any]]) -> list["Claim"]:
+    def claim_slots(self, claims: Sequence[Mapping[str, Any]], *,
+                    start: int = 0) -> list["Claim"]:
         """:meth:`claim_slot` for each of *claims* (each a mapping of
         ``claim_slot``'s arguments, ``job_id`` included), in order.
 
         Each claim applies or is refused on its own, exactly as
         :meth:`claim_slot` would decide it; a store may apply them in one
         transaction (a dispatch round claims all its due jobs at once).
-        The default calls :meth:`claim_slot` once per claim; an exception
-        ends the batch (claims applied before it stay applied).
+
+        :param start: the runs created by the first *start* claims are
+            recorded ``running`` at once, as :meth:`mark_running` would with
+            the claim's ``now``, ``owner`` and ``lease_until`` (a scheduler
+            passes how many runs it can hand to idle workers right away; the
+            others stay ``queued``). A store may write them so in the claim's
+            own statements. Each returned run shows the status it has.
+
+        The default calls :meth:`claim_slot` once per claim, then
+        :meth:`mark_running` for the runs to start; an exception ends the
+        batch (claims applied before it stay applied).
 
         :return: one :class:`~pjcore.models.Claim` per claim, in order.
         """
-        return [self.claim_slot(**claim) for claim in claims]
+        claimed = [self.claim_slot(**claim) for claim in claims]
+        return self._start_claimed(claims, claimed, start)
+
+    def _start_claimed(self, claims: Sequence[Mapping[str, Any]], claimed: list["Claim"],
+                       start: int, mark: Any = None) -> list["Claim"]:
+        """*claimed* with the queued runs of the first *start* claims marked
+        running (claim_slots' ``start``) one at a time by *mark*
+        (:meth:`mark_running` unless given)."""
+        mark = mark or self.mark_running
+        out = list(claimed)
+        for i, (claim, result) in enumerate(zip(claims[:start], claimed)):
+            run = result.run
+            if run is None or run.status is not RunStatus.queued:
+                continue
+            now, owner, until = claim["now"], claim.get("owner"), claim.get("lease_until")
+            if mark(run.id, now=now, owner=owner, lease_until=until):
+                out[i] = Claim(applied=True, run=attrs.evolve(
+                    run, status=RunStatus.running, started_at=now, owner=owner,
+                    lease_until=until))
+        return out
 
     @abstractmethod
     def delete_plugin(self, plugin_id: str) -> int:

@@ -600,6 +600,37 @@ class JobStoreContract:
         assert store.get_job(c.id).missed_count == 2 and store.get_job(c.id).next_run_at == nxt
         assert store.claim_slots([]) == []
 
+    def test_claim_slots_records_the_first_start_runs_running(self, store):
+        jobs = self.seed(store, *[declaration(k, EVERY_15) for k in "abcd"])
+        a, b, c, d = (jobs[k] for k in "abcd")
+        slot = a.next_run_at
+        until = slot + timedelta(minutes=1)
+        store.create_run(b.id, trigger="manual", now=T0)  # b: refused, a run in flight
+
+        def claim(job, **kw):
+            return {"job_id": job.id, "expected": slot, "run_slot": slot,
+                    "next_run_at": slot + timedelta(minutes=15), "now": slot, "owner": "me",
+                    "lease_until": until, **kw}
+
+        # start counts claims by position: b is refused, c stays queued
+        results = store.claim_slots([claim(a), claim(b), claim(c), claim(d)], start=2)
+        assert [r.applied for r in results] == [True, False, True, True]
+        started, queued, also = results[0].run, results[2].run, results[3].run
+        assert started.status is RunStatus.running and started.started_at == slot
+        assert (started.owner, started.lease_until) == ("me", until)
+        assert store.get_run(started.id) == started  # as stored
+        for run in (queued, also):
+            assert run.status is RunStatus.queued and run.started_at is None
+            assert store.get_run(run.id) == run
+        # a started run ends like any other, and its duration counts from the claim
+        assert store.complete_run(started.id, status="succeeded", now=slot + timedelta(seconds=2))
+        assert store.get_run(started.id).duration_ms == 2000
+        # the same job twice in a batch (one claim after the other): the first starts
+        e = self.seed(store, declaration("e", EVERY_15))["e"]
+        twice = store.claim_slots([claim(e), claim(e)], start=1)
+        assert [r.applied for r in twice] == [True, False]
+        assert store.get_run(twice[0].run.id).status is RunStatus.running
+
     def test_concurrent_claim_batches_apply_each_slot_once(self, store):
         jobs = self.seed(store, *[declaration(f"j{i}", EVERY_15) for i in range(6)])
         slot = next(iter(jobs.values())).next_run_at

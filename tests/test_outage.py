@@ -332,9 +332,11 @@ def test_a_claim_committed_but_reported_failed_is_still_run(proxied_rig, proxy, 
         rig.scheduler.tick()
     assert cut.wait(5)
     proxy.restore()
-    (run,) = rig.runs(direct)  # the claim did commit: a queued run nobody started
+    # the claim did commit: a run nobody started, recorded running by the
+    # claim (a worker was idle for it)
+    (run,) = rig.runs(direct)
     assert (run.status, run.owner, run.scheduled_for) == (
-        RunStatus.queued, rig.scheduler.owner, T0 + timedelta(minutes=1))
+        RunStatus.running, rig.scheduler.owner, T0 + timedelta(minutes=1))
     assert direct.get_job(job.id).next_run_at == T0 + timedelta(minutes=2)
     rig.clock.advance(1)
     rig.scheduler.tick()  # the first round after the failure finds it and starts it
@@ -348,6 +350,9 @@ def test_a_claim_committed_but_reported_failed_is_still_run(proxied_rig, proxy, 
 @pytest.mark.postgres
 def test_a_start_applied_but_reported_failed_runs_the_handler_once(proxied_rig, proxy, log):
     rig, direct = proxied_rig(lease_seconds=600)
+    # A runner that cannot tell its idle workers: the claim records the run
+    # queued and the worker marks it running (mark_running's UPDATE)
+    rig.runner.idle_workers = lambda: None
     rig.load(decl("sync"))
     rig.clock.set(T0 + timedelta(seconds=30))
     rig.scheduler.tick()
@@ -359,7 +364,6 @@ def test_a_start_applied_but_reported_failed_runs_the_handler_once(proxied_rig, 
     (run,) = wait_for(lambda: [r for r in rig.runs(direct) if r.status.terminal], what="run ended")
     assert run.status is RunStatus.succeeded, run.error
     assert rig.calls == [("sync", T0 + timedelta(minutes=1))]
-    # by the loop, which marks a round's runs running together, or by the worker
     assert any("could not start" in m for m in log)
 
 
