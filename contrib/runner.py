@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import queue
 import threading
 import traceback
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+import weakref
+from concurrent.futures import Future, wait
 from typing import Any, Callable
 
 from loguru import logger
@@ -62,18 +64,26 @@ def _resolved(outcome: Outcome) -> "Future[Outcome]":
 
 
 class ThreadRunner(Runner):
-    """Runs each handler call in a pool of *max_workers* threads.
+    """Runs each handler call on one of up to *max_workers* threads.
 
-    :meth:`submit` starts the pool on first use, so a scheduler driven by
+    :meth:`submit` starts the runner on first use, so a scheduler driven by
     hand (``tick()``) needs no :meth:`start`; after :meth:`stop`, only an
     explicit :meth:`start` accepts work again.
+
+    Threads are started as calls need them and kept. Like
+    :class:`~concurrent.futures.ThreadPoolExecutor`'s, they are not daemons:
+    at interpreter exit, calls already submitted still run and the
+    interpreter waits for them. One future per call and a plain queue (no
+    executor work items and futures besides): a burst of short handlers
+    spends its time in them, not in the handoff.
     """
 
     def __init__(self, max_workers: int = 10) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ConfigurationError(f"max_workers must be a positive integer, not {max_workers!r}")
         self.max_workers = max_workers
-        self._pool: ThreadPoolExecutor | None = None
+        self._queue: queue.SimpleQueue | None = None
+        self._threads: list[threading.Thread] = []
         self._stopped = False
         self._lock = threading.Lock()
         self._inflight: set[Future] = set()
@@ -84,12 +94,13 @@ class ThreadRunner(Runner):
     def start(self) -> None:
         with self._lock:
             self._stopped = False
-            self._ensure_pool()
+            self._ensure_queue()
 
-    def _ensure_pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="pjcore-run")
-        return self._pool
+    def _ensure_queue(self) -> queue.SimpleQueue:
+        if self._queue is None:
+            self._queue, self._threads = queue.SimpleQueue(), []
+            _LIVE.add(self)
+        return self._queue
 
     def submit(self, handler: Callable[..., Any], context: JobContext) -> "Future[Outcome]":
         future: Future[Outcome] = Future()
@@ -97,11 +108,23 @@ class ThreadRunner(Runner):
             if self._stopped:
                 # The contract: never raise, resolve to an Outcome.
                 return _resolved(Outcome("cancelled", "the runner is stopped"))
-            try:
-                self._ensure_pool().submit(self._work, future, handler, context)
-            except RuntimeError as exc:  # interpreter shutting down
-                return _resolved(Outcome("cancelled", f"the runner cannot start work: {exc}"))
+            if _exiting:
+                return _resolved(Outcome("cancelled", "the interpreter is exiting"))
+            work = self._ensure_queue()
+            # a thread per call in flight, up to max_workers
+            if len(self._threads) < min(self.max_workers, len(self._inflight) + 1):
+                thread = threading.Thread(target=_worker, args=(self, work), daemon=False,
+                                          name=f"pjcore-run_{len(self._threads)}")
+                try:
+                    thread.start()
+                except RuntimeError as exc:  # interpreter shutting down, or no threads left
+                    if not self._threads:
+                        return _resolved(Outcome("cancelled",
+                                                 f"the runner cannot start work: {exc}"))
+                else:
+                    self._threads.append(thread)
             self._inflight.add(future)
+            work.put((future, handler, context))
         return future
 
     def _work(self, future: "Future[Outcome]", handler: Callable[..., Any],
@@ -123,16 +146,53 @@ class ThreadRunner(Runner):
 
     def stop(self, timeout: float | None = None) -> bool:
         with self._lock:
-            pool, self._pool = self._pool, None
             self._stopped = True
+            self._close()
             # Every call still in flight, also those a previous stop() gave
             # up on: a second stop() must not report them finished.
             pending = list(self._inflight)
-        if pool is not None:
-            # Calls already queued still run (their runs are recorded);
-            # the threads exit once the queue is empty.
-            pool.shutdown(wait=False, cancel_futures=False)
         if not pending:
             return True
         _, not_done = wait(pending, timeout=timeout)
         return not not_done
+
+    def _close(self) -> list[threading.Thread]:
+        """Let the threads go once the calls queued so far have run (one
+        end marker per thread, behind them); the threads. Under the lock."""
+        work, threads = self._queue, self._threads
+        self._queue, self._threads = None, []
+        if work is not None:
+            for _ in threads:
+                work.put(None)
+        return threads
+
+
+def _worker(runner: ThreadRunner, work: queue.SimpleQueue) -> None:
+    while True:
+        item = work.get()
+        if item is None:
+            return
+        runner._work(*item)
+        del item  # not kept alive (the context, the handler) while waiting
+
+
+#: runners that may have threads; at interpreter exit their queued calls run
+#: and their threads are joined, before non-daemon threads are waited for
+_LIVE: "weakref.WeakSet[ThreadRunner]" = weakref.WeakSet()
+_exiting = False
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    threads = []
+    for runner in list(_LIVE):
+        with runner._lock:
+            threads += runner._close()
+    for thread in threads:
+        thread.join()
+
+
+# The hook ThreadPoolExecutor uses: it runs before the interpreter waits for
+# non-daemon threads, which would otherwise wait forever on an idle worker.
+threading._register_atexit(_at_exit)  # type: ignore[attr-defined]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from pjtest import wait_for
@@ -383,3 +386,50 @@ def test_idle_workers_counts_a_worker_busy_until_its_done_callbacks_ran():
         release.set()
         runner.stop(5)
     assert runner.idle_workers() == 0  # stopped: takes nothing
+
+
+EXIT_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_runner import make_context
+from pjcore.contrib.runner import ThreadRunner
+
+idle = ThreadRunner(max_workers=2)
+idle.submit(lambda ctx: None, make_context("idle")).result(5)  # its thread now waits for work
+busy = ThreadRunner(max_workers=1)
+def slow(ctx):
+    time.sleep(0.3)
+    print("ran", ctx.run_id, flush=True)
+busy.submit(slow, make_context("a"))
+busy.submit(slow, make_context("b"))  # queued behind a
+print("main done", flush=True)
+"""
+
+
+def test_at_interpreter_exit_submitted_calls_run_and_idle_threads_do_not_hold_it(tmp_path):
+    # never stopped: exit waits for the calls already submitted, as with a
+    # ThreadPoolExecutor, and an idle worker does not keep the process alive
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT.format(tests=str(Path(__file__).parent)))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["main done", "ran a", "ran b"]
+
+
+def test_threads_are_started_as_calls_need_them():
+    runner = ThreadRunner(max_workers=3)
+    try:
+        for i in range(4):  # one after the other: one thread does them all
+            runner.submit(lambda ctx: None, make_context(f"r{i}")).result(5)
+            wait_for(lambda: runner.idle_workers() == 3, 5, "the worker free again")
+        assert len(runner._threads) == 1
+        gate = threading.Event()
+        futures = [runner.submit(lambda ctx: gate.wait(5), make_context(f"s{i}"))
+                   for i in range(5)]
+        assert len(runner._threads) == 3  # never more than max_workers
+        gate.set()
+        assert [f.result(5).status for f in futures] == ["succeeded"] * 5
+    finally:
+        assert runner.stop(5)
+    assert runner._threads == []
