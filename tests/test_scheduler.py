@@ -82,10 +82,11 @@ class Env:
         self.clock = clock or ManualClock(T0)
         self.handlers: dict[tuple[str, str], Callable] = dict(handlers or {})
         self.events: list[tuple[str, Any, Any]] = []
+        #: runs whose handler has been called
+        self.entered: set[str] = set()
         self.runner = runner or ThreadRunner(max_workers=max_workers or max_concurrent)
         self.scheduler = ThreadScheduler(
-            store=store, runner=self.runner, clock=self.clock,
-            resolve=lambda plugin_key, job_key: self.handlers.get((plugin_key, job_key)),
+            store=store, runner=self.runner, clock=self.clock, resolve=self._resolve,
             notify=lambda name, run, job: self.events.append((name, run, job)),
             max_concurrent=max_concurrent, default_timeout=default_timeout, **options,
         )
@@ -98,6 +99,16 @@ class Env:
         if register:
             self.scheduler.register_plugin(plugin, key)
         return {j.job_key: j for j in self.store.list_jobs(plugin)}
+
+    def _resolve(self, plugin_key: str, job_key: str) -> Callable | None:
+        handler = self.handlers.get((plugin_key, job_key))
+        if handler is None:
+            return None
+
+        def entered(ctx: JobContext) -> Any:
+            self.entered.add(ctx.run_id)
+            return handler(ctx)
+        return entered
 
     def handle(self, job_key: str, handler: Callable, key: str = KEY) -> Callable:
         self.handlers[(key, job_key)] = handler
@@ -124,9 +135,15 @@ class Env:
                  "no run in flight")
 
     def wait_status(self, run_id: str, *statuses: str, timeout: float = 5.0):
+        """The run once it has one of *statuses*; waiting for ``running``
+        alone also waits for its handler to be called (a run the loop
+        starts is recorded running before its worker picks it up)."""
+        handler = statuses == ("running",)
         return wait_for(lambda: (r := self.run(run_id)) is not None
-                        and r.status.value in statuses and r, timeout,
-                        f"run {run_id} in {statuses}")
+                        and r.status.value in statuses
+                        and (not handler or run_id in self.entered) and r, timeout,
+                        f"run {run_id} in {statuses}" + (" and its handler called"
+                                                         if handler else ""))
 
     def events_of(self, name: str) -> list:
         return [(run, job) for n, run, job in self.events if n == name]
@@ -1214,6 +1231,7 @@ def test_a_job_stays_busy_after_unregister_until_its_handler_returns(memory_env)
     env.handle("sync", cooperative(saw_cancel, release))
     env.clock.set(hm(10, 31))
     env.scheduler.tick()
+    env.wait_status(env.runs()[0].id, "running")  # its handler called
     env.scheduler.unregister_plugin(PLUGIN, "Plugin disabled")
     assert saw_cancel.wait(5)
     env.scheduler.register_plugin(PLUGIN, KEY)  # re-enabled while the old handler still runs
