@@ -50,6 +50,9 @@ _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=timezone.utc)
 _MAX_LIMIT = 1000
 #: due jobs read per tick, in multiples of the free capacity (see _round)
 _SPREAD = 4
+#: clock seconds a round's unclaimed due jobs are kept for the next rounds
+#: of the same backlog (see _round)
+BACKLOG_TTL = 1.0
 #: claims sent to the store at once (one transaction in the peewee store).
 #: Small, because a batch holds its job rows until it commits: schedulers
 #: sharing a database then still interleave their claims job by job instead
@@ -215,6 +218,10 @@ class ThreadScheduler(Scheduler):
         self._inflight: dict[str, _InFlight] = {}  # run_id -> entry
         self._busy: dict[str, str] = {}  # job_id -> run_id ("" reserved), until the handler returns
         self._blocked: dict[str, datetime] = {}  # job_id -> retry at; claim refused by the store
+        # due jobs a round read but had no room for (see _round), and what
+        # they were read under: when, the plugins, the plugins' generation
+        self._backlog: tuple[list[Job], datetime, list[str], int] | None = None
+        self._generation = 0  # changes whenever a plugin is (re)registered or unregistered
         self._thread: threading.Thread | None = None
         self._loop_ident: int | None = None  # thread id of the loop
         self._stopping = False
@@ -309,11 +316,13 @@ class ThreadScheduler(Scheduler):
     def register_plugin(self, plugin_id: str, plugin_key: str) -> None:
         with self._lock:
             self._plugins[plugin_id] = plugin_key
+            self._generation += 1  # its jobs were just synced: read them anew
         self.wake()
 
     def unregister_plugin(self, plugin_id: str, reason: str) -> list[str]:
         with self._lock:
             self._plugins.pop(plugin_id, None)  # from here on, nothing of it starts
+            self._generation += 1
             entries = [e for e in self._inflight.values() if e.job.plugin_id == plugin_id]
         # Record first, signal second: a handler that sees the signal and
         # returns at once must find its run already cancelled, or its
@@ -470,6 +479,8 @@ class ThreadScheduler(Scheduler):
             plugin_ids = list(self._plugins)
             busy = set(self._busy)
             stopping = self._stopping
+            generation = self._generation
+            backlog, self._backlog = self._backlog, None
         if free <= 0 or not plugin_ids or stopping:
             return 0
         started = 0
@@ -481,11 +492,22 @@ class ThreadScheduler(Scheduler):
         # (Reading only as many as there is room for, until a claim is
         # refused, was tried: the schedulers of a burst then all start on the
         # same rows, and the first takes the burst whole.)
-        limit = min(free * _SPREAD + len(busy), _MAX_LIMIT)
-        due = self.store.due_jobs(now, limit=limit, plugin_ids=plugin_ids)
-        due.sort(key=lambda j: (j.next_run_at, zlib.crc32(f"{self.owner}/{j.id}".encode())))
-        # still running: the slot waits, the misfire policy decides later
-        queue = [job for job in due if job.id not in busy]
+        # What a round had no room for serves the next rounds of the same
+        # backlog while it holds a round's worth, for at most BACKLOG_TTL
+        # and with the same plugins: a claim compares each pointer with the
+        # store's, so a job that changed meanwhile is refused, not run twice.
+        queue = None
+        if (backlog is not None and backlog[2] == plugin_ids and backlog[3] == generation
+                and backlog[1] <= now < backlog[1] + timedelta(seconds=BACKLOG_TTL)):
+            queue = [job for job in backlog[0] if job.id not in busy]
+            read_at = backlog[1]
+        if queue is None or len(queue) < free:
+            limit = min(free * _SPREAD + len(busy), _MAX_LIMIT)
+            due = self.store.due_jobs(now, limit=limit, plugin_ids=plugin_ids)
+            due.sort(key=lambda j: (j.next_run_at, zlib.crc32(f"{self.owner}/{j.id}".encode())))
+            # still running: the slot waits, the misfire policy decides later
+            queue = [job for job in due if job.id not in busy]
+            read_at = now
         lease_until = self._lease_until(now)
         pos = 0
         # Claims go to the store a batch at a time (one transaction where the
@@ -524,6 +546,9 @@ class ThreadScheduler(Scheduler):
                      "owner": self.owner, "lease_until": lease_until}
                     for job, plan in batch], start=min(idle, len(batch)))
                 started += self._dispatch_many(self._claimed(batch, claims, now), idle)
+        if started >= free and pos < len(queue) and not self._stopping:
+            with self._lock:  # more is due than there was room for
+                self._backlog = (queue[pos:], read_at, plugin_ids, generation)
         return started
 
     def _idle_workers(self) -> int:
@@ -884,7 +909,10 @@ class ThreadScheduler(Scheduler):
         with self._lock:
             self._inflight.pop(entry.run_id, None)
             self._drained.notify_all()
-        self.wake()
+        # The loop releases at the start of a round, whose claims follow:
+        # waking it would only cost an empty round.
+        if threading.get_ident() != self._loop_ident:
+            self.wake()
 
     def _flush_ends(self) -> None:
         """Record the queued outcomes of handlers, in one batch, then free

@@ -579,6 +579,66 @@ def test_cap_never_starves_a_job(env_factory):
     assert sorted(order[:4]) == keys and sorted(order[4:]) == keys
 
 
+def due_reads(env) -> list:
+    """Count the store's due_jobs calls (the store still answers them)."""
+    reads = []
+    real = env.store.due_jobs
+
+    def due_jobs(*args, **kwargs):
+        reads.append(kwargs.get("limit"))
+        return real(*args, **kwargs)
+    env.store.due_jobs = due_jobs
+    return reads
+
+
+def backlog_env(env_factory, count: int = 30):
+    """*count* jobs due at 10:45, a cap of 10, one round run: 10 started."""
+    env = env_factory(max_concurrent=10)
+    keys = [f"job{i:02}" for i in range(count)]
+    env.load(*(decl(k) for k in keys))
+    for key in keys:
+        env.handle(key, lambda ctx: None)
+    env.clock.set(hm(10, 45))
+    reads = due_reads(env)
+    assert env.scheduler.tick() == 10
+    env.settle()
+    assert reads == [40]  # four times the free room
+    return env, keys, reads
+
+
+def test_a_backlog_is_read_once_for_the_rounds_it_fills(env_factory):
+    env, keys, reads = backlog_env(env_factory)
+    assert env.scheduler.tick() == 10
+    env.settle()
+    assert env.scheduler.tick() == 10
+    env.settle()
+    assert reads == [40]  # the rounds after the first took what it had no room for
+    runs = env.runs()
+    assert sorted(r.job_key for r in runs) == keys  # each job once, its own slot
+    assert {r.scheduled_for for r in runs} == {hm(10, 45)}
+    assert env.scheduler.tick() == 0 and len(reads) == 2  # nothing left: read anew
+
+
+def test_a_job_changed_since_the_backlog_was_read_is_refused(env_factory):
+    env, keys, _ = backlog_env(env_factory)
+    waiting = [k for k in keys if k not in {r.job_key for r in env.runs()}]
+    for key in waiting:
+        env.store.pause_job(env.job(key).id, now=env.clock.now())
+    assert env.scheduler.tick() == 0  # the claims compare pointers: none applies
+    assert len(env.runs()) == 10
+
+
+def test_registering_a_plugin_or_the_clock_moving_on_drops_the_backlog(env_factory):
+    env, keys, reads = backlog_env(env_factory, count=50)
+    env.scheduler.register_plugin(PLUGIN, KEY)  # as after a sync of its manifest
+    assert env.scheduler.tick() == 10
+    env.settle()
+    assert reads == [40, 40]
+    env.clock.advance(seconds=2)  # older than BACKLOG_TTL
+    assert env.scheduler.tick() == 10
+    assert reads == [40, 40, 40]
+
+
 def test_manual_runs_count_against_the_cap(memory_env):
     env = memory_env(max_concurrent=1)
     env.load(decl("sync"), decl("manual", None))
