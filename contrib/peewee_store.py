@@ -384,6 +384,17 @@ def _us(value: datetime | None) -> int | None:
     return None if value is None else to_micros(as_aware_utc(value))
 
 
+class _Micros(dict):
+    """:func:`_us` remembered for one batch: the claims of a round share
+    their instants (now, the lease, the slot, the next pointer)."""
+
+    __slots__ = ()
+
+    def __missing__(self, value: datetime | None) -> int | None:
+        self[value] = micros = _us(value)
+        return micros
+
+
 def _column(value: Any) -> Any:
     if isinstance(value, datetime):
         return _us(value)
@@ -1248,7 +1259,8 @@ class PeeweeJobStore(BaseJobStore):
                     looked[job_id] = (pointer, bool(busy))
         # microseconds once: compared here and again under the lock (the
         # job ids are distinct by now)
-        expected = {c["job_id"]: _us(c.get("expected")) for c in claims}
+        us = _Micros()
+        expected = {c["job_id"]: us[c.get("expected")] for c in claims}
         results: list[Claim | None] = []
         for c in claims:
             found = looked.get(c["job_id"])
@@ -1262,7 +1274,7 @@ class PeeweeJobStore(BaseJobStore):
                 # one transaction for the round; each claim is still checked
                 # and applied on its own inside it, exactly as claim_slot does
                 with self._write():
-                    done = self._claim_many(todo, expected, starting)
+                    done = self._claim_many(todo, expected, starting, us)
             except pw.IntegrityError:
                 # a slot's run appeared meanwhile (and the batch was rolled
                 # back): claim one by one, so only that claim is refused
@@ -1278,7 +1290,7 @@ class PeeweeJobStore(BaseJobStore):
                                    functools.partial(self.mark_running.__wrapped__, self))
 
     def _claim_many(self, claims: list[dict[str, Any]], expected: dict[str, int | None],
-                    starting: set[str]) -> list[Claim]:
+                    starting: set[str], us: _Micros) -> list[Claim]:
         """claim_slots' step inside the caller's write transaction: the
         statements of :meth:`_claim`, each issued once for the batch; the
         runs of the jobs in *starting* are written ``running``."""
@@ -1297,7 +1309,7 @@ class PeeweeJobStore(BaseJobStore):
         with_slot = [c for c in ready if c.get("run_slot") is not None]
         for chunk in _chunks(with_slot):
             # after the lock, in a statement of its own (see _claim)
-            slots = sorted({_us(c["run_slot"]) for c in chunk})
+            slots = sorted({us[c["run_slot"]] for c in chunk})
             chunk_ids = [c["job_id"] for c in chunk]
             stmt = sql.get(("runs_many", len(chunk_ids), len(slots)))
             for job_id, status, scheduled in self._exec(stmt, (*chunk_ids, *slots)).fetchall():
@@ -1311,7 +1323,7 @@ class PeeweeJobStore(BaseJobStore):
             if job is None or job[3] != expected[job_id]:
                 out.append(Claim(applied=False))
                 continue
-            slot, now = _us(c.get("run_slot")), c["now"]
+            slot, now, now_us = us[c.get("run_slot")], c["now"], us[c["now"]]
             run = None
             if slot is not None:
                 rows = runs.get(job_id, ())
@@ -1320,14 +1332,19 @@ class PeeweeJobStore(BaseJobStore):
                     continue
                 if not any(scheduled == slot for _, scheduled in rows):
                     started = job_id in starting
+                    owner, until = c.get("owner"), c.get("lease_until")
+                    status = RunStatus.running if started else RunStatus.queued
                     run = JobRun(id=new_id(), job_id=job_id, plugin_id=job[1], job_key=job[2],
                                  trigger=RunTrigger.schedule, scheduled_for=c["run_slot"],
-                                 status=RunStatus.running if started else RunStatus.queued,
-                                 created_at=now, started_at=now if started else None,
-                                 owner=c.get("owner"), lease_until=c.get("lease_until"))
-                    inserts.append(self._run_row(run))
+                                 status=status, created_at=now,
+                                 started_at=now if started else None, owner=owner,
+                                 lease_until=until)
+                    # _run_row's columns, from the instants converted once
+                    inserts.append((run.id, job_id, job[1], job[2], RunTrigger.schedule.value,
+                                    status.value, slot, now_us, now_us if started else None,
+                                    None, None, None, None, owner, us[until], 1))
             moves[slot is not None].append(
-                (_us(c.get("next_run_at")), _us(now), c.get("missed", 0), job_id, slot))
+                (us[c.get("next_run_at")], now_us, c.get("missed", 0), job_id, slot))
             out.append(Claim(applied=True, run=run))
         # Every claim is decided above, on rows this transaction holds: the
         # writes go in one call per statement (a slot's run that appeared
