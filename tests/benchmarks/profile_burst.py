@@ -18,7 +18,7 @@ splits peewee's cost into building SQL (``Database.execute`` minus
 ``execute_sql``) and running it (``execute_sql``).
 
 3. **serial**: the store calls of a dispatch round (``due_jobs``,
-   ``claim_slots``, ``mark_runs_running``, ``complete_runs``, each for a page
+   ``claim_slots`` (each run started by its claim), ``complete_runs``, each for a page
    of ``--max-concurrent`` jobs) and ``plan_slots``, called one after another
    in one thread: their cost without lock contention or thread handoffs. The
    gap between its total and the burst's CPU per job is what the threads and
@@ -244,13 +244,13 @@ def serial_ops(n: int, target: bench.Target, page: int) -> dict[str, float]:
         while jobs := timed(f"due_jobs (limit {page})",
                             lambda: store.due_jobs(now, limit=page, plugin_ids=plugin_ids)):
             plans = [timed("plan_slots", lambda: plan_slots(job, now)) for job in jobs]
+            # every run started by its claim, as when each has an idle worker
             claims = timed(f"claim_slots ({page})", lambda: store.claim_slots([
                 {"job_id": job.id, "expected": job.next_run_at, "run_slot": plan.run_slot,
                  "next_run_at": plan.next_run_at, "missed": plan.missed, "now": now,
-                 "owner": "bench", "lease_until": lease} for job, plan in zip(jobs, plans)]))
+                 "owner": "bench", "lease_until": lease} for job, plan in zip(jobs, plans)],
+                start=len(jobs)))
             run_ids = [c.run.id for c in claims]
-            timed(f"mark_runs_running ({page})", lambda: store.mark_runs_running(
-                run_ids, now=now, owner="bench", lease_until=lease))
             timed(f"complete_runs ({page})", lambda: store.complete_runs([
                 {"run_id": run_id, "status": RunStatus.succeeded, "now": now}
                 for run_id in run_ids]))
