@@ -28,6 +28,7 @@ from loguru import logger
 from playhouse.migrate import SchemaMigrator
 from playhouse.pool import MaxConnectionsExceeded, PooledDatabase, PooledPostgresqlDatabase
 
+from pjcore.contrib import wal_checkpointer
 from pjcore.exceptions import (
     InvalidArgument,
     ConfigurationError,
@@ -284,6 +285,15 @@ MIGRATIONS: list[Migration] = [
 # -- configuration -----------------------------------------------------------
 
 
+def _checkpoints_aside(options: dict[str, Any]) -> bool:
+    """Whether a store on a SQLite file it opens checkpoints from a thread
+    of its own (see :mod:`pjcore.contrib.wal_checkpointer`): yes, unless the
+    user set the WAL limit or left WAL mode."""
+    pragmas = options.get("pragmas", {})
+    return ("wal_autocheckpoint" not in pragmas
+            and str(pragmas.get("journal_mode", "wal")).lower() == "wal")
+
+
 def _sqlite_database(url: str, parts, options: dict[str, Any]) -> pw.SqliteDatabase:
     if parts.netloc:
         raise ConfigurationError(
@@ -302,9 +312,13 @@ def _sqlite_database(url: str, parts, options: dict[str, Any]) -> pw.SqliteDatab
             f"unsupported SQLite option(s) {sorted(unknown) or parts.query!r} "
             "(supported: timeout, pragmas)"
         )
+    pragmas = {**SQLITE_PRAGMAS, **options.get("pragmas", {})}
+    if _checkpoints_aside(options):
+        pragmas["wal_autocheckpoint"] = wal_checkpointer.SAFETY_PAGES
+        pragmas.setdefault("journal_size_limit", wal_checkpointer.WAL_SIZE_LIMIT)
     return pw.SqliteDatabase(
         os.path.abspath(path),
-        pragmas={**SQLITE_PRAGMAS, **options.get("pragmas", {})},
+        pragmas=pragmas,
         timeout=float(options.get("timeout", SQLITE_TIMEOUT)),
         # each connection stays in its thread; close() may close it from another
         check_same_thread=False,
@@ -541,12 +555,13 @@ class _NotAll(Exception):
 
 
 class _Serialized:
-    """A transaction entered under the store's writer lock (SQLite)."""
+    """A transaction entered under the store's writer lock (SQLite); *done*
+    is told of each one that committed."""
 
-    __slots__ = ("_lock", "_wait", "_tx")
+    __slots__ = ("_lock", "_wait", "_tx", "_done")
 
-    def __init__(self, lock: Any, wait: float, tx: Any) -> None:
-        self._lock, self._wait, self._tx = lock, wait, tx
+    def __init__(self, lock: Any, wait: float, tx: Any, done: Callable[[], None]) -> None:
+        self._lock, self._wait, self._tx, self._done = lock, wait, tx, done
 
     def __enter__(self) -> Any:
         # as long as SQLite's own busy_timeout: a thread stuck behind a
@@ -563,9 +578,12 @@ class _Serialized:
 
     def __exit__(self, *exc_info: Any) -> Any:
         try:
-            return None if self._tx is None else self._tx.__exit__(*exc_info)
+            result = None if self._tx is None else self._tx.__exit__(*exc_info)
         finally:
             self._lock.release()
+        if exc_info[0] is None:
+            self._done()
+        return result
 
 
 class _Arg:
@@ -778,13 +796,18 @@ class PeeweeJobStore(BaseJobStore):
         # for it on a lock of their own (handed over at once) rather than on
         # SQLite's busy handler, which polls with sleeps of 1 to 100 ms. Other
         # processes still queue on busy_timeout.
+        self._checkpointer: wal_checkpointer.WalCheckpointer | None = None
         if self._pg:
             self._write = lambda: db.atomic()
             self._writer = lambda: contextlib.nullcontext()
         else:
             lock, wait = threading.RLock(), float(getattr(db, "_timeout", None) or SQLITE_TIMEOUT)
-            self._write = lambda: _Serialized(lock, wait, db.atomic("IMMEDIATE"))
-            self._writer = lambda: _Serialized(lock, wait, None)
+            done: Callable[[], None] = lambda: None  # noqa: E731
+            if self._owned and _checkpoints_aside(options):
+                self._checkpointer = wal_checkpointer.WalCheckpointer(db.database)
+                done = self._checkpointer.committed
+            self._write = lambda: _Serialized(lock, wait, db.atomic("IMMEDIATE"), done)
+            self._writer = lambda: _Serialized(lock, wait, None, done)
         # Threads (scheduler, workers) keep their per-thread connection for
         # their lifetime; remember them so close() can close them all.
         self._conns: list[tuple[threading.Thread, Any]] = []
@@ -1034,6 +1057,8 @@ class PeeweeJobStore(BaseJobStore):
         if self._closed:
             return
         self._closed = True
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         try:
             if self._pooled and self._owned:
                 self._db.close_all()

@@ -7,14 +7,17 @@ The general JobStore contract is checked by the shared suite
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import peewee as pw
+import pjtest
 import pytest
 from playhouse.migrate import SchemaMigrator, migrate
 
@@ -645,5 +648,75 @@ def test_mark_runs_running_in_one_statement_or_row_by_row(tmp_path, monkeypatch,
             assert (run.status.value, run.started_at, run.owner) == ("running", later, "w")
         assert store.get_run(c).status.value == "cancelled"
         assert store.get_run(c).started_at is None
+    finally:
+        store.close()
+
+
+# -- WAL checkpoints (SQLite) ------------------------------------------------------------
+
+
+def paused_in_database_file(path: Path) -> int:
+    """Paused jobs in the database file itself, the WAL left aside: what
+    checkpoints have copied there."""
+    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM pj_jobs WHERE status = 'paused'").fetchone()[0]
+    except sqlite3.OperationalError:  # not even the table there yet
+        return 0
+    finally:
+        conn.close()
+
+
+def test_the_wal_is_checkpointed_by_a_thread_of_the_store_not_by_committers(tmp_path):
+    from pjcore.contrib import wal_checkpointer
+
+    path = tmp_path / "jobs.db"
+    store = PeeweeJobStore(f"sqlite:///{path}")
+    try:
+        # the store's connections checkpoint only past the safety limit
+        assert store._db.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == \
+            wal_checkpointer.SAFETY_PAGES
+        store.sync_jobs("p", "acme", [decl(f"j{i}") for i in range(200)], now=T0)
+        checkpointer = store._checkpointer
+        pjtest.wait_for(lambda: checkpointer.checkpoints >= 1, checkpointer.idle + 2,
+                        "the first checkpoint (migrations, sync)")
+        jobs = store.list_jobs("p")
+        for job in jobs[:wal_checkpointer.EVERY]:  # a commit each
+            store.pause_job(job.id, now=T0)
+        # EVERY commits: one more checkpoint, at once (long before IDLE)
+        pjtest.wait_for(lambda: checkpointer.checkpoints >= 2, 2, "a checkpoint by count")
+        checkpointer.idle = 0.2
+        for job in jobs[wal_checkpointer.EVERY:][:10]:  # fewer: after the idle time
+            store.pause_job(job.id, now=T0)
+        # far below the limit, yet copied into the database file: by the thread
+        pjtest.wait_for(lambda: paused_in_database_file(path) == wal_checkpointer.EVERY + 10, 5,
+                        "every pause checkpointed")
+        threads = [t for t in threading.enumerate() if t.name == "pjcore-wal-checkpoint"]
+        assert threads and all(t.daemon for t in threads)
+    finally:
+        store.close()
+    assert not any(t.name == "pjcore-wal-checkpoint" and t.is_alive()
+                   for t in threading.enumerate())  # close() ended it
+
+
+@pytest.mark.parametrize("pragmas", [{"wal_autocheckpoint": 500}, {"journal_mode": "delete"}])
+def test_a_user_s_checkpoint_or_journal_settings_leave_checkpoints_to_sqlite(tmp_path, pragmas):
+    store = PeeweeJobStore(f"sqlite:///{tmp_path}/jobs.db", pragmas=pragmas)
+    try:
+        store.sync_jobs("p", "acme", [decl("a")], now=T0)
+        assert store._checkpointer is None
+        if "wal_autocheckpoint" in pragmas:
+            assert store._db.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 500
+    finally:
+        store.close()
+
+
+def test_a_database_of_the_caller_keeps_its_own_checkpoint_settings(tmp_path):
+    db = pw.SqliteDatabase(str(tmp_path / "own.db"), pragmas={"journal_mode": "wal"})
+    store = PeeweeJobStore(db)
+    try:
+        store.sync_jobs("p", "acme", [decl("a")], now=T0)
+        assert store._checkpointer is None
+        assert store._db.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     finally:
         store.close()
