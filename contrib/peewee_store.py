@@ -405,7 +405,11 @@ class _Micros(dict):
     __slots__ = ()
 
     def __missing__(self, value: datetime | None) -> int | None:
-        self[value] = micros = _us(value)
+        micros = _us(value)
+        # UTC only: two local times of one zone that differ only in fold
+        # (the repeated hour) compare equal, and would share an entry
+        if value is None or value.tzinfo is timezone.utc:
+            self[value] = micros
         return micros
 
 
@@ -1294,7 +1298,7 @@ class PeeweeJobStore(BaseJobStore):
             results.append(None if ok else Claim(applied=False))
         todo = [claims[i] for i, r in enumerate(results) if r is None]
         if todo:
-            starting = {c["job_id"] for c in claims[:start]}
+            starting = {c["job_id"] for c in claims[:max(0, start)]}
             try:
                 # one transaction for the round; each claim is still checked
                 # and applied on its own inside it, exactly as claim_slot does

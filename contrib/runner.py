@@ -84,6 +84,7 @@ class ThreadRunner(Runner):
         self.max_workers = max_workers
         self._queue: queue.SimpleQueue | None = None
         self._threads: list[threading.Thread] = []
+        self._capacity = max_workers
         self._stopped = False
         self._lock = threading.Lock()
         self._inflight: set[Future] = set()
@@ -99,6 +100,7 @@ class ThreadRunner(Runner):
     def _ensure_queue(self) -> queue.SimpleQueue:
         if self._queue is None:
             self._queue, self._threads = queue.SimpleQueue(), []
+            self._capacity = self.max_workers  # threads it may have
             _LIVE.add(self)
         return self._queue
 
@@ -121,6 +123,9 @@ class ThreadRunner(Runner):
                     if not self._threads:
                         return _resolved(Outcome("cancelled",
                                                  f"the runner cannot start work: {exc}"))
+                    # the call waits for one of the threads there are: none
+                    # of the others counts as idle (see idle_workers)
+                    self._capacity = len(self._threads)
                 else:
                     self._threads.append(thread)
             self._inflight.add(future)
@@ -142,7 +147,9 @@ class ThreadRunner(Runner):
         # A call counts from submit() until its done callbacks have run on
         # its worker: never fewer busy workers than there really are.
         with self._lock:
-            return 0 if self._stopped else max(0, self.max_workers - len(self._inflight))
+            if self._stopped or _exiting:
+                return 0
+            return max(0, self._capacity - len(self._inflight))
 
     def stop(self, timeout: float | None = None) -> bool:
         with self._lock:

@@ -6,6 +6,7 @@ a handler, so a slow job delays nothing else.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import socket
@@ -51,7 +52,9 @@ _MAX_LIMIT = 1000
 #: due jobs read per tick, in multiples of the free capacity (see _round)
 _SPREAD = 4
 #: clock seconds a round's unclaimed due jobs are kept for the next rounds
-#: of the same backlog (see _round)
+#: of the same backlog (see _round). A job changed meanwhile by another
+#: process without moving its pointer (a sync that changes only its policy)
+#: is planned and timed by its old policy for at most this long
 BACKLOG_TTL = 1.0
 #: claims sent to the store at once (one transaction in the peewee store).
 #: Small, because a batch holds its job rows until it commits: schedulers
@@ -83,6 +86,16 @@ RECORD_RETRY = 1.0
 
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _takes_keyword(function: Callable[..., Any], name: str) -> bool:
+    """Whether *function* accepts the keyword argument *name*."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: assume the current contract
+        return True
+    return any(p.name == name and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+               or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 @attrs.define(eq=False)
@@ -194,6 +207,7 @@ class ThreadScheduler(Scheduler):
                 raise ConfigurationError(
                     f"{name} must be a positive number of seconds, not {value!r}")
         self.store = store
+        self._claims_start = _takes_keyword(store.claim_slots, "start")
         self.runner = runner
         self.clock = clock or SystemClock()
         self.max_concurrent = max_concurrent
@@ -235,6 +249,11 @@ class ThreadScheduler(Scheduler):
         # a tick failed on the store: a claim (or a run creation) may have
         # committed although it raised; look for such runs once it works again
         self._orphans_possible = False
+        # instants of rounds whose claims raised: a run such a claim recorded
+        # running (committed all the same) has created_at == started_at == it
+        self._failed_claims: set[datetime] = set()
+        # runs whose end this scheduler gave up recording: never adopted
+        self._given_up: set[str] = set()
         self._recovering = False  # the last tick failed: see _round
         # one writer of deferred end records at a time (loop thread, stop())
         self._record_lock = threading.Lock()
@@ -540,11 +559,17 @@ class ThreadScheduler(Scheduler):
             # running reach it.
             with self._submit_lock:
                 idle = self._idle_workers()
-                claims = self.store.claim_slots([
-                    {"job_id": job.id, "expected": job.next_run_at, "run_slot": plan.run_slot,
-                     "next_run_at": plan.next_run_at, "missed": plan.missed, "now": now,
-                     "owner": self.owner, "lease_until": lease_until}
-                    for job, plan in batch], start=min(idle, len(batch)))
+                try:
+                    claims = self._claim_slots([
+                        {"job_id": job.id, "expected": job.next_run_at,
+                         "run_slot": plan.run_slot, "next_run_at": plan.next_run_at,
+                         "missed": plan.missed, "now": now, "owner": self.owner,
+                         "lease_until": lease_until}
+                        for job, plan in batch], min(idle, len(batch)))
+                except BaseException:
+                    with self._lock:
+                        self._failed_claims.add(now)
+                    raise
                 started += self._dispatch_many(self._claimed(batch, claims, now), idle)
         if started >= free and pos < len(queue) and not self._stopping:
             with self._lock:  # more is due than there was room for
@@ -553,10 +578,17 @@ class ThreadScheduler(Scheduler):
 
     def _idle_workers(self) -> int:
         try:
-            return self.runner.idle_workers() or 0
+            return max(0, self.runner.idle_workers() or 0)
         except Exception:  # a runner's bug must not stop the round
             logger.exception("pjcore runner could not tell its idle workers")
             return 0
+
+    def _claim_slots(self, claims: list[dict[str, Any]], start: int) -> list[Any]:
+        if self._claims_start:
+            return self.store.claim_slots(claims, start=start)
+        # a store written before claim_slots took start: every run comes
+        # back queued, and _dispatch_many starts them as before
+        return self.store.claim_slots(claims)
 
     def _claimed(self, batch: list[tuple[Job, Any]], claims: list[Any],
                  now: datetime) -> list[tuple[Job, JobRun]]:
@@ -876,7 +908,10 @@ class ThreadScheduler(Scheduler):
     def _give_up_recording(self, entry: _InFlight) -> None:
         # Not an outage (a store bug, a value it cannot take): retrying would
         # keep the job busy forever. Without its lease renewed, the run is
-        # recorded abandoned by a scheduler once the lease runs out.
+        # recorded abandoned by a scheduler once the lease runs out; its
+        # handler has run, so it is never adopted as an orphan.
+        with self._lock:
+            self._given_up.add(entry.run_id)
         logger.exception("pjcore cannot record the end of run {run} of {job}; it is recorded "
                          "abandoned once its lease runs out", run=entry.run_id,
                          job=entry.job.job_key)
@@ -1117,14 +1152,25 @@ class ThreadScheduler(Scheduler):
                 cursor = page.next_cursor
                 if cursor is None:
                     break
+        with self._lock:
+            self._failed_claims.clear()  # all looked at
 
     def _adopt(self, run: JobRun, now: datetime) -> None:
         with self._lock:
             if run.id in self._inflight or run.job_id in self._busy or self._stopping:
                 return  # known here (a trigger's or retry's reservation included)
+            if run.status is RunStatus.running and not (
+                    run.created_at in self._failed_claims and run.started_at == run.created_at
+                    and run.id not in self._given_up):
+                return  # not one a claim that raised left running: its handler may have run
             self._busy[run.job_id] = ""  # as trigger(): no tick starts it meanwhile
         dispatched = False
         try:
+            # read again now that the job is reserved: a run of ours that
+            # ended and left in between is not adopted
+            current = self.store.get_run(run.id)
+            if current is None or current.status is not run.status or current.owner != self.owner:
+                return
             job = self.store.get_job(run.job_id)
             if job is None:
                 return

@@ -242,7 +242,7 @@ class JobStore(metaclass=ABCMeta):
         (:meth:`mark_running` unless given)."""
         mark = mark or self.mark_running
         out = list(claimed)
-        for i, (claim, result) in enumerate(zip(claims[:start], claimed)):
+        for i, (claim, result) in enumerate(zip(claims[:max(0, start)], claimed)):
             run = result.run
             if run is None or run.status is not RunStatus.queued:
                 continue
@@ -480,9 +480,10 @@ class Runner(metaclass=ABCMeta):
         on a worker of its own with nothing queued ahead of it; ``None`` if
         the runner cannot tell (the default).
 
-        A scheduler records that many runs ``running`` together before it
-        submits them, saving a store write per run; every other run is
-        recorded ``running`` by its worker as the handler starts. Never count
+        A scheduler has that many runs recorded ``running`` by their claims
+        (see :meth:`JobStore.claim_slots`) and submits them at once, saving
+        a store write per run; every other run is recorded ``running`` by its
+        worker as the handler starts. Never count
         a worker that may be busy (a call counts until its future's done
         callbacks have run): a run recorded running must not wait. The
         scheduler reads this and submits those runs under a lock of its own,

@@ -720,3 +720,17 @@ def test_a_database_of_the_caller_keeps_its_own_checkpoint_settings(tmp_path):
         assert store._db.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
     finally:
         store.close()
+
+
+def test_a_batch_s_instants_are_converted_once_but_local_folds_apart():
+    from zoneinfo import ZoneInfo
+
+    from pjcore.contrib.peewee_store import _Micros, _us
+
+    berlin = ZoneInfo("Europe/Berlin")
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=berlin)  # the hour that repeats
+    second = first.replace(fold=1)
+    micros = _Micros()
+    assert micros[first] == _us(first) and micros[second] == _us(second)
+    assert micros[second] - micros[first] == 3600 * 1_000_000
+    assert micros[T0] == _us(T0) and T0 in micros and micros[None] is None

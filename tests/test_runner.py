@@ -389,7 +389,7 @@ def test_idle_workers_counts_a_worker_busy_until_its_done_callbacks_ran():
 
 
 EXIT_SCRIPT = """
-import sys, time
+import sys, threading
 sys.path.insert(0, {tests!r})
 from test_runner import make_context
 from pjcore.contrib.runner import ThreadRunner
@@ -397,12 +397,14 @@ from pjcore.contrib.runner import ThreadRunner
 idle = ThreadRunner(max_workers=2)
 idle.submit(lambda ctx: None, make_context("idle")).result(5)  # its thread now waits for work
 busy = ThreadRunner(max_workers=1)
+main_done = threading.Event()
 def slow(ctx):
-    time.sleep(0.3)
+    main_done.wait(5)  # still running when the main thread ends
     print("ran", ctx.run_id, flush=True)
 busy.submit(slow, make_context("a"))
 busy.submit(slow, make_context("b"))  # queued behind a
 print("main done", flush=True)
+main_done.set()
 """
 
 
@@ -433,3 +435,24 @@ def test_threads_are_started_as_calls_need_them():
     finally:
         assert runner.stop(5)
     assert runner._threads == []
+
+
+def test_when_no_more_threads_start_calls_wait_and_no_worker_counts_idle(monkeypatch):
+    runner = ThreadRunner(max_workers=4)
+    gate = threading.Event()
+    try:
+        first = runner.submit(lambda ctx: gate.wait(5), make_context("a"))
+        wait_for(first.running)
+
+        def refuse(self):
+            raise RuntimeError("can't start new thread")
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        second = runner.submit(lambda ctx: None, make_context("b"))  # waits for the one thread
+        monkeypatch.undo()
+        assert runner.idle_workers() == 0  # not 2: a run started for one would wait
+        assert not second.done()
+        gate.set()
+        assert second.result(5).status == "succeeded"
+    finally:
+        gate.set()
+        runner.stop(5)

@@ -620,12 +620,13 @@ def test_a_backlog_is_read_once_for_the_rounds_it_fills(env_factory):
 
 
 def test_a_job_changed_since_the_backlog_was_read_is_refused(env_factory):
-    env, keys, _ = backlog_env(env_factory)
+    env, keys, reads = backlog_env(env_factory)
     waiting = [k for k in keys if k not in {r.job_key for r in env.runs()}]
     for key in waiting:
         env.store.pause_job(env.job(key).id, now=env.clock.now())
     assert env.scheduler.tick() == 0  # the claims compare pointers: none applies
     assert len(env.runs()) == 10
+    assert reads == [40]  # they came from the backlog, not from a new read
 
 
 def test_registering_a_plugin_or_the_clock_moving_on_drops_the_backlog(env_factory):
@@ -1670,3 +1671,180 @@ def test_runs_beyond_the_idle_workers_are_marked_running_by_their_worker(memory_
     assert sorted(r.status.value for r in env.runs()) == ["succeeded"] * 3
     # each started when its handler did, not when the loop dispatched it
     assert all(r.started_at is not None for r in env.runs())
+
+
+# -- orphans: runs of this scheduler it does not know about ---------------------------
+
+
+def test_a_run_a_failed_claim_left_running_is_adopted_and_run_once():
+    class CommitsThenFails(MemoryJobStore):
+        fail = False
+
+        def claim_slots(self, claims, *, start=0):
+            done = super().claim_slots(claims, start=start)
+            if self.fail:  # committed, then the connection is lost
+                self.fail = False
+                raise StoreError("connection lost at commit")
+            return done
+
+    env = Env(CommitsThenFails())
+    try:
+        env.load(decl("sync"))
+        handler = env.handle("sync", Gate())
+        handler.release.set()
+        env.clock.set(hm(10, 45))
+        env.store.fail = True
+        with pytest.raises(StoreError):
+            env.scheduler.tick()
+        (run,) = env.runs()
+        assert run.status is RunStatus.running and handler.calls == 0  # nobody runs it
+        env.clock.advance(1)
+        assert env.scheduler.tick() == 0  # the round after the failure adopts it
+        env.settle()
+        assert handler.calls == 1 and env.run(run.id).status is RunStatus.succeeded
+    finally:
+        env.close()
+
+
+def test_a_run_whose_end_was_given_up_is_never_adopted():
+    class Troubled(MemoryJobStore):
+        fail_complete = fail_due = False
+
+        def complete_run(self, *args, **kwargs):
+            if self.fail_complete:
+                self.fail_complete = False
+                raise ValueError("a value the store cannot take")
+            return super().complete_run(*args, **kwargs)
+
+        def complete_runs(self, ends):
+            return [self.complete_run(**end) for end in ends]
+
+        def due_jobs(self, *args, **kwargs):
+            if self.fail_due:
+                self.fail_due = False
+                raise StoreError("blip")
+            return super().due_jobs(*args, **kwargs)
+
+    env = Env(Troubled())
+    calls = []
+    try:
+        env.load(decl("sync"))
+        env.handle("sync", lambda ctx: calls.append(ctx.run_id))
+        env.store.fail_complete = True
+        env.clock.set(hm(10, 45))
+        assert env.scheduler.tick() == 1
+        env.settle()
+        (run,) = env.runs()
+        assert run.status is RunStatus.running  # its end given up; leased still
+        env.store.fail_due = True
+        with pytest.raises(StoreError):
+            env.scheduler.tick()  # an outage: orphans are looked for next round
+        env.clock.advance(1)
+        env.scheduler.tick()
+        env.settle()
+        assert calls == [run.id]
+    finally:
+        env.close()
+
+
+def test_a_run_of_ours_that_ends_while_orphans_are_listed_is_not_adopted():
+    gate = Gate()
+
+    class EndsDuringTheListing(MemoryJobStore):
+        hook = None
+
+        def list_runs(self, *args, **kwargs):
+            page = super().list_runs(*args, **kwargs)
+            if self.hook and page.runs:
+                hook, self.hook = self.hook, None
+                hook()
+            return page
+
+    env = Env(EndsDuringTheListing())
+    try:
+        env.load(decl("sync"))
+        env.handle("sync", gate)
+        env.clock.set(hm(10, 45))
+        with pytest.raises(StoreError):
+            # a claim of this round raised: its instant is one orphans may have
+            real = env.store.claim_slots
+            env.store.claim_slots = lambda claims, *, start=0: (
+                real(claims, start=start), (_ for _ in ()).throw(StoreError("lost")))[0]
+            env.scheduler.tick()
+        env.store.claim_slots = real
+        (run,) = env.runs()
+        # the failed claim's run, dispatched by nobody, listed running ...
+        def finish_now():  # ... while an adoption of it (by hand) runs elsewhere
+            env.scheduler._dispatch(env.job("sync"), run)
+            wait_for(lambda: gate.calls == 1, 5, "the handler")
+            gate.release.set()
+            env.settle()
+        env.store.hook = finish_now
+        env.clock.advance(1)
+        env.scheduler.tick()
+        env.settle()
+        assert gate.calls == 1  # read again before adopting: it had ended
+        assert env.run(run.id).status is RunStatus.succeeded
+    finally:
+        gate.release.set()
+        env.close()
+
+
+def test_a_store_whose_claim_slots_predates_start_still_runs_every_slot():
+    class Older(MemoryJobStore):
+        marked: list = []
+
+        def claim_slots(self, claims):  # overridden for speed, before start existed
+            return [self.claim_slot(**claim) for claim in claims]
+
+        def mark_runs_running(self, run_ids, **kwargs):
+            self.marked.extend(run_ids)
+            return super().mark_runs_running(run_ids, **kwargs)
+
+    env = Env(Older())
+    try:
+        env.load(decl("a"), decl("b"))
+        env.handle("a", lambda ctx: None)
+        env.handle("b", lambda ctx: None)
+        env.clock.set(hm(10, 45))
+        assert env.scheduler.tick() == 2
+        env.settle()
+        runs = env.runs()
+        assert {r.status for r in runs} == {RunStatus.succeeded}
+        # claimed queued, then started by the loop together, for idle workers
+        assert sorted(env.store.marked) == sorted(r.id for r in runs)
+    finally:
+        env.close()
+
+
+def test_a_refused_claim_among_those_to_start_leaves_its_worker_to_a_queued_run(memory_env):
+    # 2 idle workers for 3 claims: the first two would start with their
+    # claims; the first is refused, so the loop starts the third itself
+    env = memory_env(max_workers=2, max_concurrent=3)
+    env.load(decl("a"), decl("b"), decl("c"))
+    for key in "abc":
+        env.handle(key, lambda ctx: None)
+    env.clock.set(hm(10, 45))
+    started, refused = [], []
+    real_claim, real_mark = env.store.claim_slots, env.store.mark_runs_running
+
+    def claim_slots(claims, *, start=0):
+        first = claims[0]  # taken by another scheduler just before
+        env.store.set_next_run(first["job_id"], expected=first["expected"],
+                               next_run_at=hm(11, 0), now=hm(10, 45))
+        refused.append(first["job_id"])
+        assert start == 2
+        return real_claim(claims, start=start)
+
+    def mark_runs_running(run_ids, **kwargs):
+        started.extend(run_ids)
+        return real_mark(run_ids, **kwargs)
+
+    env.store.claim_slots, env.store.mark_runs_running = claim_slots, mark_runs_running
+    assert env.scheduler.tick() == 2
+    env.settle()
+    runs = env.runs()
+    assert {r.status for r in runs} == {RunStatus.succeeded} and len(runs) == 2
+    assert refused[0] not in {r.job_id for r in runs}
+    (third,) = started  # the queued one, marked running by the loop
+    assert third in {r.id for r in runs}
