@@ -740,7 +740,35 @@ class _HotSQL:
             if with_slot:
                 values[J.last_run_at] = _arg(4)
             return J.update(values).where(J.id == _arg(3))
+        if kind == "claim_updates":  # PostgreSQL: claim_update's rows in one statement
+            (n,) = shape
+            v = _values(n, (("next", "bigint"), ("now", "bigint"), ("missed", "integer"),
+                            ("id", "text"), ("slot", "bigint")))
+            return J.update({J.next_run_at: v.c.next, J.updated_at: v.c.now,
+                             J.missed_count: J.missed_count + v.c.missed,
+                             J.last_run_at: pw.fn.COALESCE(v.c.slot, J.last_run_at)}) \
+                .from_(v).where(J.id == v.c.id)
+        if kind == "completes":  # PostgreSQL: complete's rows in one statement; those applied
+            (n,) = shape
+            v = _values(n, (("status", "text"), ("at", "bigint"), ("error", "text"),
+                            ("detail", "text"), ("id", "text")))
+            duration = pw.Case(None, [(R.started_at > v.c.at, 0)],
+                               (v.c.at - R.started_at) / 1000)
+            return R.update({R.status: v.c.status, R.finished_at: v.c.at,
+                             R.duration_ms: duration, R.error: v.c.error,
+                             R.error_detail: v.c.detail}) \
+                .from_(v).where((R.id == v.c.id) & R.status.in_(_NON_TERMINAL)) \
+                .returning(R.id)
         raise ValueError(kind)
+
+
+def _values(n: int, columns: Sequence[tuple[str, str]]) -> Any:
+    """``(VALUES ...) AS v(...)`` of *n* rows of parameters, row after row,
+    each cast to its column's type (a column of NULLs has none otherwise)."""
+    width = len(columns)
+    rows = [[pw.Cast(_arg(row * width + i), kind) for i, (_, kind) in enumerate(columns)]
+            for row in range(n)]
+    return pw.ValuesList(rows, columns=[name for name, _ in columns], alias="v")
 
 
 # -- the store ---------------------------------------------------------------
@@ -1279,23 +1307,27 @@ class PeeweeJobStore(BaseJobStore):
         ids = [c["job_id"] for c in claims]
         if len(set(ids)) != len(ids):  # the same job twice: one after the other
             return self._claim_each(claims, start)
-        # The first look, as claim_slot's, but one statement for the batch.
-        looked: dict[str, tuple[int | None, bool]] = {}
-        for chunk in _chunks(ids):
-            for job_id, pointer, status, busy in self._exec(
-                    self._sql.get(("look", len(chunk))), chunk).fetchall():
-                if status == JobStatus.active.value:
-                    looked[job_id] = (pointer, bool(busy))
         # microseconds once: compared here and again under the lock (the
         # job ids are distinct by now)
         us = _Micros()
         expected = {c["job_id"]: us[c.get("expected")] for c in claims}
-        results: list[Claim | None] = []
-        for c in claims:
-            found = looked.get(c["job_id"])
-            ok = (found is not None and found[0] == expected[c["job_id"]]
-                  and not (found[1] and c.get("run_slot") is not None))
-            results.append(None if ok else Claim(applied=False))
+        results: list[Claim | None] = [None] * len(claims)
+        if not self._pg:
+            # The first look, as claim_slot's, but one statement for the
+            # batch: a claim it refuses costs no write lock. (PostgreSQL
+            # locks only the rows, skipping those another claimer holds: a
+            # look would only add a round trip.)
+            looked: dict[str, tuple[int | None, bool]] = {}
+            for chunk in _chunks(ids):
+                for job_id, pointer, status, busy in self._exec(
+                        self._sql.get(("look", len(chunk))), chunk).fetchall():
+                    if status == JobStatus.active.value:
+                        looked[job_id] = (pointer, bool(busy))
+            for i, c in enumerate(claims):
+                found = looked.get(c["job_id"])
+                if not (found is not None and found[0] == expected[c["job_id"]]
+                        and not (found[1] and c.get("run_slot") is not None)):
+                    results[i] = Claim(applied=False)
         todo = [claims[i] for i, r in enumerate(results) if r is None]
         if todo:
             starting = {c["job_id"] for c in claims[:max(0, start)]}
@@ -1381,8 +1413,13 @@ class PeeweeJobStore(BaseJobStore):
         # runs: many rows per statement (one round trip on PostgreSQL)
         for chunk in _chunks(inserts, _RUNS_PER_INSERT):
             self._exec(sql.get(("insert_runs", len(chunk))), [v for row in chunk for v in row])
-        for with_slot, rows in moves.items():
-            self._exec_many(sql.get(("claim_update", with_slot)), rows)
+        if self._pg:  # one statement per chunk (an executemany is a round trip per row)
+            for chunk in _chunks(moves[True] + moves[False]):
+                self._exec(sql.get(("claim_updates", len(chunk))),
+                           [v for row in chunk for v in row])
+        else:
+            for with_slot, rows in moves.items():
+                self._exec_many(sql.get(("claim_update", with_slot)), rows)
         return out
 
     def _claimable(self, job_id: str, seen: int | None, slot: int | None) -> bool:
@@ -1607,8 +1644,19 @@ class PeeweeJobStore(BaseJobStore):
                  self._text(e.get("error_detail")), e["run_id"]) for e in ends]
         if not args:
             return []
-        ids = {a[4] for a in args}
-        return self._each_applies(self._sql.complete, args, distinct=len(ids) == len(args))
+        distinct = len({a[4] for a in args}) == len(args)
+        if self._pg and distinct:
+            # One guarded UPDATE ... FROM (VALUES ...) per chunk; RETURNING
+            # names the runs it ended (an executemany would cost a round
+            # trip per run, and tell only the total)
+            applied: set[str] = set()
+            with self._write():
+                for chunk in _chunks(args):
+                    applied.update(run_id for (run_id,) in self._exec(
+                        self._sql.get(("completes", len(chunk))),
+                        [v for a in chunk for v in a]).fetchall())
+            return [a[4] in applied for a in args]
+        return self._each_applies(self._sql.complete, args, distinct=distinct)
 
     @_operation
     def renew_leases(
