@@ -62,14 +62,17 @@ class WalCheckpointer:
 
     def committed(self) -> None:
         self._commits += 1
-        if self._thread is None:
+        thread = self._thread
+        # not alive: not started yet, or this is a child process forked
+        # after it started (threads do not survive a fork)
+        if thread is None or not thread.is_alive():
             self._start()
         if self._commits >= EVERY and not self._due.is_set():
             self._due.set()
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is not None or self._stopped:
+            if (self._thread is not None and self._thread.is_alive()) or self._stopped:
                 return
             # a daemon: a process that never closes its store still exits
             self._thread = threading.Thread(target=self._run, daemon=True,

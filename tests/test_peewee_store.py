@@ -734,3 +734,41 @@ def test_a_batch_s_instants_are_converted_once_but_local_folds_apart():
     assert micros[first] == _us(first) and micros[second] == _us(second)
     assert micros[second] - micros[first] == 3600 * 1_000_000
     assert micros[T0] == _us(T0) and T0 in micros and micros[None] is None
+
+
+def test_a_forked_child_checkpoints_with_a_thread_of_its_own(tmp_path):
+    import os
+
+    path = tmp_path / "jobs.db"
+    store = PeeweeJobStore(f"sqlite:///{path}")
+    try:
+        store.sync_jobs("p", "acme", [decl(f"j{i}") for i in range(80)], now=T0)
+        checkpointer = store._checkpointer
+        assert checkpointer._thread.is_alive()
+        # the parent's thread: caught up, then quiet (it must not be the one
+        # that checkpoints the child's commit)
+        checkpointer.idle = 0.05
+        checkpointer._due.set()  # out of its current wait now
+        pjtest.wait_for(lambda: paused_in_database_file(path) == 0 and not checkpointer._commits
+                        and checkpointer.checkpoints, 5, "the parent caught up")
+        checkpointer.idle = 3600
+        time.sleep(0.2)  # its wait with the short idle is over
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's thread did not come along
+            code = 1
+            try:
+                conn = sqlite3.connect(path)  # a connection of the child's own
+                conn.execute("UPDATE pj_jobs SET status = 'paused' WHERE job_key = 'j0'")
+                conn.commit()
+                checkpointer.idle = 0.1
+                checkpointer.committed()  # as the store's own commits report
+                deadline = time.monotonic() + 5
+                while paused_in_database_file(path) < 1 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                code = 0 if paused_in_database_file(path) == 1 else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0  # 2: never checkpointed
+    finally:
+        store.close()
