@@ -678,8 +678,12 @@ def test_the_wal_is_checkpointed_by_a_thread_of_the_store_not_by_committers(tmp_
             wal_checkpointer.SAFETY_PAGES
         store.sync_jobs("p", "acme", [decl(f"j{i}") for i in range(200)], now=T0)
         checkpointer = store._checkpointer
-        pjtest.wait_for(lambda: checkpointer.checkpoints >= 1, checkpointer.idle + 2,
+        checkpointer.idle = 0.05  # the migrations and the sync: fewer than EVERY commits
+        checkpointer._due.set()
+        pjtest.wait_for(lambda: checkpointer.checkpoints >= 1 and not checkpointer._commits, 5,
                         "the first checkpoint (migrations, sync)")
+        checkpointer.idle = wal_checkpointer.IDLE
+        time.sleep(0.1)  # its short wait is over: from now on only a count wakes it early
         jobs = store.list_jobs("p")
         for job in jobs[:wal_checkpointer.EVERY]:  # a commit each
             store.pause_job(job.id, now=T0)
