@@ -83,10 +83,10 @@ PG_POOL_TIMEOUT = 10.0
 _NON_TERMINAL = [s.value for s in NON_TERMINAL]
 _TERMINAL = [s.value for s in RunStatus if s.terminal]
 _CHUNK = 60  # rows or ids per statement: under 999 bound parameters (old SQLite builds)
-_JOBS_PER_INSERT = 50
+_JOBS_PER_INSERT = 50  # job rows per INSERT: 17 parameters each, 850 in all
 _RUNS_PER_INSERT = 50  # 16 parameters each
 #: UPDATE ... RETURNING: SQLite 3.35 and later (PostgreSQL always)
-_RETURNING = sqlite3.sqlite_version_info >= (3, 35)  # job rows per INSERT: 17 parameters each, 850 in all
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 #: plugin ids per due-job statement. As many as the parameter limit allows:
 #: the due index holds no plugin id, so a statement for a part of the plugins
 #: walks past the due jobs of the others (ids grow with creation time, so a
@@ -1393,17 +1393,12 @@ class PeeweeJobStore(BaseJobStore):
                     continue
                 if not any(scheduled == slot for _, scheduled in rows):
                     started = job_id in starting
-                    owner, until = c.get("owner"), c.get("lease_until")
-                    status = RunStatus.running if started else RunStatus.queued
                     run = JobRun(id=new_id(), job_id=job_id, plugin_id=job[1], job_key=job[2],
                                  trigger=RunTrigger.schedule, scheduled_for=c["run_slot"],
-                                 status=status, created_at=now,
-                                 started_at=now if started else None, owner=owner,
-                                 lease_until=until)
-                    # _run_row's columns, from the instants converted once
-                    inserts.append((run.id, job_id, job[1], job[2], RunTrigger.schedule.value,
-                                    status.value, slot, now_us, now_us if started else None,
-                                    None, None, None, None, owner, us[until], 1))
+                                 status=RunStatus.running if started else RunStatus.queued,
+                                 created_at=now, started_at=now if started else None,
+                                 owner=c.get("owner"), lease_until=c.get("lease_until"))
+                    inserts.append(self._run_row(run))
             moves[slot is not None].append(
                 (us[c.get("next_run_at")], now_us, c.get("missed", 0), job_id, slot))
             out.append(Claim(applied=True, run=run))

@@ -659,8 +659,9 @@ class ThreadScheduler(Scheduler):
         return now + timedelta(seconds=self.lease_seconds)
 
     def _dispatch(self, job: Job, run: JobRun) -> bool:
-        """Hand a queued run to the runner; False if it was refused and recorded.
-        The worker marks it running."""
+        """Hand a run to the runner; False if it was refused and recorded.
+        The worker marks a queued run running; a running one (an orphan its
+        claim started) is submitted as started."""
         entry = self._admit(job, run)
         if entry is None:
             return False
