@@ -7,6 +7,7 @@ planning and the cursor format; nothing requires it.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from datetime import datetime, timedelta, timezone
@@ -28,20 +29,47 @@ MAX_PAGE = 1000
 
 def new_id() -> str:
     """A UUID version 7 (RFC 9562): the Unix time in milliseconds, then 74
-    random bits. Ids made later sort later, so rows a store inserts together
-    land side by side in its id indexes (a random UUID scatters each into a
-    page of its own, and every page touched is written at commit)."""
-    # version 7 in bits 76-79, variant 0b10 in bits 62-63, both inside the
-    # 80 random bits below the timestamp
+    bits that start random in each millisecond and grow by a random step
+    within it (the RFC's "monotonic random" method). Ids one process makes
+    sort in the order it made them, also within a millisecond, so rows a
+    store inserts one after the other land side by side in its id indexes
+    and in due order: the pages a round touches, all of which a commit
+    writes, stay few (random order within a millisecond spread a round of
+    ten jobs over seven pages of the jobs table)."""
+    global _last_ms, _last_rand
     # os.urandom, not the random module: a program may seed that one, and
-    # two ids in the same millisecond would then be equal
-    rand = int.from_bytes(os.urandom(10), "big")
-    h = f"{(time.time_ns() // 1_000_000) << 80 | rand & _UUID_FIXED | _UUID_V7:032x}"
+    # two processes would then make the same ids
+    fresh = int.from_bytes(os.urandom(10), "big")
+    ms = time.time_ns() // 1_000_000
+    with _id_lock:
+        if ms > _last_ms:
+            rand = fresh & _RAND_MASK
+        else:  # the same millisecond (or the clock went back): count up from the last id
+            ms = _last_ms
+            rand = _last_rand + 1 + (fresh >> 72)  # a random step of 1..256
+            if rand > _RAND_MASK:  # a millisecond's ids used up: borrow the next one
+                ms, rand = ms + 1, fresh & _RAND_MASK
+        _last_ms, _last_rand = ms, rand
+    # version 7 in bits 76-79, the 12 high random bits below it, variant 0b10
+    # in bits 62-63, the 62 low random bits below that
+    h = f"{ms << 80 | _UUID_V7 | (rand >> 62) << 64 | rand & _LOW_62:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_UUID_FIXED = ~(0xF << 76 | 0x3 << 62)
+_RAND_MASK = (1 << 74) - 1
+_LOW_62 = (1 << 62) - 1
 _UUID_V7 = 0x7 << 76 | 0x2 << 62
+_id_lock = threading.Lock()
+_last_ms = _last_rand = 0
+
+
+def _forget_last_id() -> None:
+    # a forked child starts from fresh randomness, not from its parent's last id
+    global _last_ms, _last_rand
+    _last_ms = _last_rand = 0
+
+
+os.register_at_fork(after_in_child=_forget_last_id)
 
 
 def first_fire(decl_schedule: str | None, tz: str, now: datetime) -> datetime | None:

@@ -23,3 +23,55 @@ def test_ids_made_later_sort_later():
     # the leading 48 bits are the Unix time in milliseconds
     millis = int(second.replace("-", "")[:12], 16)
     assert abs(millis - time.time() * 1000) < 5_000
+
+
+def test_ids_of_one_process_sort_in_the_order_they_were_made():
+    # thousands per millisecond: the order within a millisecond is kept too,
+    # so rows inserted one after the other sit side by side in id order
+    ids = [new_id() for _ in range(50_000)]
+    assert ids == sorted(ids)
+    millis = [value.replace("-", "")[:12] for value in ids]
+    assert len(set(millis)) < len(ids)  # many shared a millisecond
+
+
+def test_ids_made_from_many_threads_are_unique_and_ordered_per_thread():
+    import threading
+
+    made: dict[int, list[str]] = {}
+
+    def make(k: int) -> None:
+        made[k] = [new_id() for _ in range(5_000)]
+
+    threads = [threading.Thread(target=make, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [value for ids in made.values() for value in ids]
+    assert len(set(every)) == len(every) == 20_000
+    assert all(ids == sorted(ids) for ids in made.values())
+
+
+def test_the_step_within_a_millisecond_is_random():
+    # counting up by a random step: the next id is not the last one plus one
+    values = [int(new_id().replace("-", ""), 16) for _ in range(2_000)]
+    steps = {b - a for a, b in zip(values, values[1:]) if b - a < 1 << 20}
+    assert len(steps) > 10
+
+
+def test_a_forked_child_does_not_count_on_from_its_parent():
+    import os
+
+    from pjcore import store_base
+
+    new_id()
+    assert store_base._last_ms != 0
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its state, make no test output
+        os.write(write, b"1" if store_base._last_ms == 0 else b"0")
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"
+    os.close(read)
