@@ -12,6 +12,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import operator
 import os
 import re
 import select
@@ -84,7 +85,7 @@ _NON_TERMINAL = [s.value for s in NON_TERMINAL]
 _TERMINAL = [s.value for s in RunStatus if s.terminal]
 _CHUNK = 60  # rows or ids per statement: under 999 bound parameters (old SQLite builds)
 _JOBS_PER_INSERT = 50  # job rows per INSERT: 17 parameters each, 850 in all
-_RUNS_PER_INSERT = 50  # 16 parameters each
+_RUNS_PER_INSERT = 50  # claimed runs: 12 parameters each
 #: UPDATE ... RETURNING: SQLite 3.35 and later (PostgreSQL always)
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 #: plugin ids per due-job statement. As many as the parameter limit allows:
@@ -505,6 +506,13 @@ _JOB_COLUMNS = ("id", "plugin_id", "plugin_key", "job_key", "display_name", "des
 _RUN_COLUMNS = ("id", "job_id", "plugin_id", "job_key", "trigger", "status", "scheduled_for",
                 "created_at", "started_at", "finished_at", "duration_ms", "error",
                 "error_detail", "owner", "lease_until", "attempt")
+#: what a claim writes of a run: a claimed run has not ended, and its end
+#: columns are left to their default (NULL) instead of bound as None. The
+#: sqlite3 driver looks up an adapter for every None it binds, and each
+#: lookup formats and discards two AttributeErrors.
+_CLAIM_RUN_COLUMNS = tuple(c for c in _RUN_COLUMNS
+                           if c not in ("finished_at", "duration_ms", "error", "error_detail"))
+_claim_values = operator.itemgetter(*(_RUN_COLUMNS.index(c) for c in _CLAIM_RUN_COLUMNS))
 
 
 @functools.lru_cache(maxsize=256)
@@ -649,6 +657,13 @@ class _HotSQL:
         self.complete = _Prepared(R.update({
             R.status: _arg(0), R.finished_at: _arg(1), R.duration_ms: duration,
             R.error: _arg(2), R.error_detail: _arg(3)}).where((R.id == _arg(4)) & live))
+        # the same for an end without error text: NULLs written, not bound
+        # (see _CLAIM_RUN_COLUMNS); the arguments are complete's without
+        # the error and the detail
+        self.complete_clean = _Prepared(R.update({
+            R.status: _arg(0), R.finished_at: _arg(1), R.duration_ms: duration,
+            R.error: pw.SQL("NULL"), R.error_detail: pw.SQL("NULL")}).where(
+            (R.id == _arg(4)) & live))
         self.get_run = _Prepared(R.select(*self.run_fields).where(R.id == _arg(0)))
         self.insert_run = _Prepared(R.insert(
             {f: _arg(i) for i, f in enumerate(self.run_fields)}))
@@ -719,10 +734,11 @@ class _HotSQL:
                 R.lease_until: _arg(2)}).where(
                 R.id.in_([_arg(3 + i) for i in range(n)])
                 & (R.status == RunStatus.queued.value)).returning(R.id)
-        if kind == "insert_runs":  # n rows of every column, row after row
+        if kind == "claim_runs":  # n rows of _CLAIM_RUN_COLUMNS, row after row
             (n,) = shape
-            width = len(self.run_fields)
-            return R.insert_many([{f: _arg(row * width + i) for i, f in enumerate(self.run_fields)}
+            fields = [R.job if c == "job_id" else getattr(R, c) for c in _CLAIM_RUN_COLUMNS]
+            width = len(fields)
+            return R.insert_many([{f: _arg(row * width + i) for i, f in enumerate(fields)}
                                   for row in range(n)])
         if kind == "insert_jobs":  # n rows of every column, row after row
             (n,) = shape
@@ -1398,7 +1414,7 @@ class PeeweeJobStore(BaseJobStore):
                                  status=RunStatus.running if started else RunStatus.queued,
                                  created_at=now, started_at=now if started else None,
                                  owner=c.get("owner"), lease_until=c.get("lease_until"))
-                    inserts.append(self._run_row(run))
+                    inserts.append(_claim_values(self._run_row(run)))
             moves[slot is not None].append(
                 (us[c.get("next_run_at")], now_us, c.get("missed", 0), job_id, slot))
             out.append(Claim(applied=True, run=run))
@@ -1407,7 +1423,7 @@ class PeeweeJobStore(BaseJobStore):
         # meanwhile raises IntegrityError, and claim_slots rolls back).
         # runs: many rows per statement (one round trip on PostgreSQL)
         for chunk in _chunks(inserts, _RUNS_PER_INSERT):
-            self._exec(sql.get(("insert_runs", len(chunk))), [v for row in chunk for v in row])
+            self._exec(sql.get(("claim_runs", len(chunk))), [v for row in chunk for v in row])
         if self._pg:  # one statement per chunk (an executemany is a round trip per row)
             for chunk in _chunks(moves[True] + moves[False]):
                 self._exec(sql.get(("claim_updates", len(chunk))),
@@ -1630,8 +1646,16 @@ class PeeweeJobStore(BaseJobStore):
         args = (terminal_status(status).value, now_us, self._text(error),
                 self._text(error_detail), run_id)
         with self._writer():
-            cursor = self._exec(self._sql.complete, args)
+            cursor = self._exec(self._complete_for([args]), args)
         return cursor.rowcount == 1
+
+    def _complete_for(self, rows: Sequence[tuple[Any, ...]]) -> _Prepared:
+        """The statement for complete's argument *rows*: without bound NULLs
+        when none carries an error text (its parameters pick the status,
+        instant and run id out of complete's arguments)."""
+        if not self._pg and all(a[2] is None and a[3] is None for a in rows):
+            return self._sql.complete_clean
+        return self._sql.complete
 
     @_operation
     def complete_runs(self, ends: Sequence[Any]) -> list[bool]:
@@ -1651,7 +1675,7 @@ class PeeweeJobStore(BaseJobStore):
                         self._sql.get(("completes", len(chunk))),
                         [v for a in chunk for v in a]).fetchall())
             return [a[4] in applied for a in args]
-        return self._each_applies(self._sql.complete, args, distinct=distinct)
+        return self._each_applies(self._complete_for(args), args, distinct=distinct)
 
     @_operation
     def renew_leases(

@@ -42,6 +42,47 @@ class RunCancelled(Exception):
     """
 
 
+class _CancelSignal:
+    """A run's cancellation: a flag, and the reason given first. The
+    :class:`threading.Event` a handler can wait on is made only when one
+    waits: most runs are never cancelled nor wait, and an Event (a Condition
+    and its lock) costs more than the rest of a context."""
+
+    __slots__ = ("_event", "_lock", "_set", "reason")
+
+    def __init__(self, event: threading.Event | None = None) -> None:
+        self._event = event
+        self._lock = threading.Lock()
+        self._set = False
+        self.reason: str | None = None
+
+    def is_set(self) -> bool:
+        event = self._event
+        return self._set or (event is not None and event.is_set())
+
+    def set(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            self._set = True
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, seconds: float) -> bool:
+        with self._lock:
+            if self._set:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(seconds)
+
+
+def _signal(event: threading.Event | _CancelSignal | None) -> _CancelSignal:
+    return event if isinstance(event, _CancelSignal) else _CancelSignal(event)
+
+
 @attrs.frozen(kw_only=True)
 class JobContext:
     """Passed to every handler call.
@@ -63,8 +104,9 @@ class JobContext:
     scheduled_for: datetime
     logger: Any
     jobs: PluginJobs | None = None
-    _cancel: threading.Event = attrs.field(factory=threading.Event, alias="cancel_event")
-    _reason: list = attrs.field(factory=list, alias="reason_box")
+    #: an Event given here is set on cancellation (and one set elsewhere
+    #: counts as cancelled); by default none is made unless a handler waits
+    _cancel: _CancelSignal = attrs.field(default=None, converter=_signal, alias="cancel_event")
 
     @property
     def cancelled(self) -> bool:
@@ -73,7 +115,7 @@ class JobContext:
 
     @property
     def cancel_reason(self) -> str | None:
-        return self._reason[0] if self._reason else None
+        return self._cancel.reason
 
     def check(self) -> None:
         """Raise :class:`RunCancelled` if the run was asked to stop."""
@@ -96,9 +138,7 @@ class JobContext:
 
     def request_cancel(self, reason: str) -> None:
         """Used by the scheduler; handlers only read the signal."""
-        if not self._reason:
-            self._reason.append(reason)
-        self._cancel.set()
+        self._cancel.set(reason)
 
 
 class PluginJobs:
