@@ -860,6 +860,8 @@ class PeeweeJobStore(BaseJobStore):
         # their lifetime; remember them so close() can close them all.
         self._conns: list[tuple[threading.Thread, Any]] = []
         self._conns_lock = threading.Lock()
+        #: per thread: (its connection, the data_version it last saw); see _others_wrote
+        self._versions = threading.local()
         self._closed = False
         self.schema_version = 0
         try:
@@ -1328,11 +1330,14 @@ class PeeweeJobStore(BaseJobStore):
         us = _Micros()
         expected = {c["job_id"]: us[c.get("expected")] for c in claims}
         results: list[Claim | None] = [None] * len(claims)
-        if not self._pg:
+        if not self._pg and self._others_wrote():
             # The first look, as claim_slot's, but one statement for the
-            # batch: a claim it refuses costs no write lock. (PostgreSQL
-            # locks only the rows, skipping those another claimer holds: a
-            # look would only add a round trip.)
+            # batch: a claim it refuses costs no write lock. Only while
+            # others write: a claim this connection's own writes left
+            # standing is refused (in the transaction) by nobody else, and
+            # the look would only add a statement. (PostgreSQL locks only
+            # the rows, skipping those another claimer holds: a look would
+            # only add a round trip.)
             looked: dict[str, tuple[int | None, bool]] = {}
             for chunk in _chunks(ids):
                 for job_id, pointer, status, busy in self._exec(
@@ -1359,6 +1364,17 @@ class PeeweeJobStore(BaseJobStore):
             it = iter(done)
             results = [next(it) if r is None else r for r in results]
         return results  # type: ignore[return-value]
+
+    def _others_wrote(self) -> bool:
+        """SQLite: whether another connection (another thread's, another
+        process's) committed since this thread's connection last asked; on
+        its first asking, True. ``PRAGMA data_version`` tells, without
+        reading a table."""
+        conn = self._db.connection()
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        seen = getattr(self._versions, "seen", None)
+        self._versions.seen = (conn, version)
+        return seen is None or seen[0] is not conn or seen[1] != version
 
     def _claim_each(self, claims: list[dict[str, Any]], start: int) -> list[Claim]:
         """claim_slots one claim at a time, each in a transaction of its own."""

@@ -652,6 +652,46 @@ def test_mark_runs_running_in_one_statement_or_row_by_row(tmp_path, monkeypatch,
         store.close()
 
 
+def test_a_claim_batch_looks_before_locking_only_while_others_write(tmp_path):
+    # The look (one read before BEGIN IMMEDIATE) spares the write lock for
+    # claims bound to be refused; they can only be refused because another
+    # connection wrote. Every claim is checked in the transaction either way.
+    path = tmp_path / "jobs.db"
+    store = PeeweeJobStore(f"sqlite:///{path}")
+    other = PeeweeJobStore(f"sqlite:///{path}")
+    try:
+        store.sync_jobs("p", "acme", [decl(k, "* * * * *") for k in "abcd"], now=T0)
+        statements: list[str] = []
+        store._db.connection().set_trace_callback(statements.append)
+
+        def claim(key: str, expected=None, job=None) -> bool:
+            job = job or store.get_job_by_key("p", key)
+            slot = job.next_run_at
+            statements.clear()
+            (result,) = store.claim_slots([{
+                "job_id": job.id, "expected": slot if expected is None else expected,
+                "run_slot": slot, "next_run_at": slot + timedelta(minutes=1),
+                "now": slot, "owner": "me", "lease_until": slot + timedelta(minutes=1)}])
+            return result.applied
+
+        def looked() -> bool:
+            return any("EXISTS" in sql for sql in statements)
+
+        assert claim("a") and looked()  # the first batch of this connection
+        assert claim("b") and not looked()  # nobody else wrote since
+        other.sync_jobs("q", "other", [decl("x")], now=T0)
+        assert claim("c") and looked()
+        assert claim("d") and not looked()
+        # a claim that cannot apply is refused all the same, look or not
+        assert not claim("a", expected=T0 - timedelta(days=1)) and not looked()
+        before = store.get_job_by_key("p", "b")
+        other.pause_job(before.id, reason="x", now=T0)
+        assert not claim("b", job=before) and looked()
+    finally:
+        store.close()
+        other.close()
+
+
 # -- WAL checkpoints (SQLite) ------------------------------------------------------------
 
 
