@@ -137,6 +137,9 @@ class _InFlight:
     announce: bool = False
     #: the run as recorded, when known without reading it back
     final: JobRun | None = None
+    #: whether run_started had a listener when the run was dispatched
+    #: (asked once per round, not once per run); None: ask when it starts
+    listen_started: bool | None = None
     #: left _inflight (guards against a double release)
     released: bool = False
 
@@ -215,6 +218,7 @@ class ThreadScheduler(Scheduler):
         self.max_idle = max_idle
         self.lease_seconds = lease_seconds
         self.owner = owner or default_owner()
+        self._spread_seed = zlib.crc32(f"{self.owner}/".encode())
         self._resolve = resolve
         self._notify = notify or (lambda *a, **k: None)
         # ``notify.has_listeners(hook_name)``, when the callable offers it,
@@ -229,6 +233,7 @@ class ThreadScheduler(Scheduler):
         self._tick_lock = threading.Lock()
         self._wake = threading.Event()
         self._plugins: dict[str, str] = {}  # plugin_id -> plugin_key
+        self._views: dict[tuple[str, str], PluginJobs] = {}  # see _plugin_view
         self._inflight: dict[str, _InFlight] = {}  # run_id -> entry
         self._busy: dict[str, str] = {}  # job_id -> run_id ("" reserved), until the handler returns
         self._blocked: dict[str, datetime] = {}  # job_id -> retry at; claim refused by the store
@@ -523,7 +528,8 @@ class ThreadScheduler(Scheduler):
         if queue is None or len(queue) < free:
             limit = min(free * _SPREAD + len(busy), _MAX_LIMIT)
             due = self.store.due_jobs(now, limit=limit, plugin_ids=plugin_ids)
-            due.sort(key=lambda j: (j.next_run_at, zlib.crc32(f"{self.owner}/{j.id}".encode())))
+            seed = self._spread_seed  # crc32 of "owner/", continued over each job id
+            due.sort(key=lambda j: (j.next_run_at, zlib.crc32(j.id.encode(), seed)))
             # still running: the slot waits, the misfire policy decides later
             queue = [job for job in due if job.id not in busy]
             read_at = now
@@ -679,7 +685,9 @@ class ThreadScheduler(Scheduler):
         workers remain, and by their worker otherwise."""
         entries = [e for e in (self._admit(job, run) for job, run in claimed) if e is not None]
         queued = []
+        listening = self._listens("run_started")
         for entry in entries:
+            entry.listen_started = listening
             run = entry.run
             if run.status is RunStatus.running:
                 self._started(entry, run.started_at, run.lease_until)
@@ -733,7 +741,7 @@ class ThreadScheduler(Scheduler):
             scheduled_for=run.scheduled_for or run.created_at,
             logger=logger.bind(pj_plugin=job.plugin_key, pj_job=job.job_key, pj_run=run.id),
             # the handler's view of its own plugin's jobs, and of no other
-            jobs=PluginJobs(self.store, self, job.plugin_id, job.plugin_key),
+            jobs=self._plugin_view(job.plugin_id, job.plugin_key),
         )
         entry = _InFlight(run_id=run.id, job=job, run=run, context=context, deadline=None,
                           timeout=timeout)
@@ -756,6 +764,17 @@ class ThreadScheduler(Scheduler):
             self._record(run.id, job, RunStatus.cancelled, refusal)
             return None
         return entry
+
+    def _plugin_view(self, plugin_id: str, plugin_key: str) -> PluginJobs:
+        """The ``ctx.jobs`` of a plugin's handlers: one per plugin (it holds
+        no state of a run)."""
+        view = self._views.get((plugin_id, plugin_key))
+        if view is None:
+            view = PluginJobs(self.store, self, plugin_id, plugin_key)
+            if len(self._views) >= 1024:
+                self._views.clear()  # bounded; dict operations are atomic under the GIL
+            self._views[(plugin_id, plugin_key)] = view
+        return view
 
     def _submit(self, entry: _InFlight) -> None:
         try:
@@ -796,7 +815,8 @@ class ThreadScheduler(Scheduler):
                                    or (UNREGISTERED if unregistered else "cancelled before it started"))
         if context.trigger is not RunTrigger.schedule:
             self._stamp_manual_start(entry.job, self.clock.now())
-        if self._listens("run_started"):
+        if (self._listens("run_started") if entry.listen_started is None
+                else entry.listen_started):
             # what the store now holds, without reading it back
             if started is None:
                 started = (entry.running(self.owner) if entry.lease_until is not None
@@ -941,7 +961,9 @@ class ThreadScheduler(Scheduler):
         # again, and before the entry leaves _inflight, so stop() (and a
         # host closing the store after it) waits for the announcement.
         if entry.announce:
-            self._announce_end(entry.run_id, entry.job, entry.final)
+            # a final run is built only for a listener (see _flush_ends)
+            self._announce_end(entry.run_id, entry.job, entry.final,
+                               listening=True if entry.final is not None else None)
         with self._lock:
             self._inflight.pop(entry.run_id, None)
             self._drained.notify_all()
@@ -988,11 +1010,16 @@ class ThreadScheduler(Scheduler):
                         and detail is None and entry.started_at is not None
                         and entry.lease_until is not None):
                     # exactly what the store now holds (an error text could
-                    # come back altered by the store: those are read back)
-                    entry.final = attrs.evolve(
-                        entry.run, status=status, started_at=entry.started_at,
-                        owner=self.owner, lease_until=entry.lease_until, finished_at=ended_at,
-                        duration_ms=duration_ms(entry.started_at, ended_at))
+                    # come back altered by the store: those are read back);
+                    # built field by field, at a third of attrs.evolve's cost
+                    run = entry.run
+                    entry.final = JobRun(
+                        id=run.id, job_id=run.job_id, plugin_id=run.plugin_id,
+                        job_key=run.job_key, trigger=run.trigger, status=status,
+                        scheduled_for=run.scheduled_for, created_at=run.created_at,
+                        started_at=entry.started_at, finished_at=ended_at,
+                        duration_ms=duration_ms(entry.started_at, ended_at),
+                        owner=self.owner, lease_until=entry.lease_until, attempt=run.attempt)
                 with self._lock:
                     entry.queued_end = None
                 self._recorded(entry, done)
@@ -1234,8 +1261,8 @@ class ThreadScheduler(Scheduler):
             return True
 
     def _announce_end(self, run_id: str, job: Job | None = None,
-                      run: JobRun | None = None) -> None:
-        if not self._listens("run_finished"):
+                      run: JobRun | None = None, *, listening: bool | None = None) -> None:
+        if not (self._listens("run_finished") if listening is None else listening):
             return
         if run is not None and job is not None:
             self._notify("run_finished", run=run, job=job)
