@@ -1321,10 +1321,26 @@ class PeeweeJobStore(BaseJobStore):
 
     @_operation
     def claim_slots(self, claims: Sequence[Any], *, start: int = 0) -> list[Claim]:
+        return self._claims(claims, start, [])[1]
+
+    @_operation
+    def complete_and_claim(self, ends: Sequence[Any], claims: Sequence[Any], *,
+                           start: int = 0) -> tuple[list[bool], list[Claim]]:
+        # one transaction for a dispatch round: one commit (and on
+        # PostgreSQL two round trips) fewer than the two calls
+        return self._claims(claims, start, self._end_args(ends))
+
+    def _claims(self, claims: Sequence[Any], start: int,
+                end_args: list[tuple[Any, ...]]) -> tuple[list[bool], list[Claim]]:
+        """claim_slots, after recording the ends of *end_args* (checked
+        complete arguments) in the same transaction; (whether each end
+        applied, the claims)."""
+        if len({a[4] for a in end_args}) != len(end_args):  # a run ended twice: on its own
+            return self._complete_rows(end_args), self._claims(claims, start, [])[1]
         claims = [dict(c) for c in claims]
         ids = [c["job_id"] for c in claims]
         if len(set(ids)) != len(ids):  # the same job twice: one after the other
-            return self._claim_each(claims, start)
+            return self._complete_rows(end_args), self._claim_each(claims, start)
         # microseconds once: compared here and again under the lock (the
         # job ids are distinct by now)
         us = _Micros()
@@ -1350,20 +1366,27 @@ class PeeweeJobStore(BaseJobStore):
                         and not (found[1] and c.get("run_slot") is not None)):
                     results[i] = Claim(applied=False)
         todo = [claims[i] for i, r in enumerate(results) if r is None]
-        if todo:
-            starting = {c["job_id"] for c in claims[:max(0, start)]}
-            try:
-                # one transaction for the round; each claim is still checked
-                # and applied on its own inside it, exactly as claim_slot does
-                with self._write():
-                    done = self._claim_many(todo, expected, starting, us)
-            except pw.IntegrityError:
-                # a slot's run appeared meanwhile (and the batch was rolled
-                # back): claim one by one, so only that claim is refused
-                return self._claim_each(claims, start)
-            it = iter(done)
-            results = [next(it) if r is None else r for r in results]
-        return results  # type: ignore[return-value]
+        if not todo:
+            return self._complete_rows(end_args), results  # type: ignore[return-value]
+        starting = {c["job_id"] for c in claims[:max(0, start)]}
+        try:
+            # one transaction for the round; each claim is still checked
+            # and applied on its own inside it, exactly as claim_slot does
+            with self._write():
+                if end_args and not self._all_complete(end_args):
+                    raise _NotAll
+                done = self._claim_many(todo, expected, starting, us)
+        except _NotAll:
+            # An end did not apply (its run ended elsewhere): rolled back.
+            # The ends on their own learn which; the claims still go together.
+            return self._complete_rows(end_args), self._claims(claims, start, [])[1]
+        except pw.IntegrityError:
+            # a slot's run appeared meanwhile (and the batch was rolled
+            # back): claim one by one, so only that claim is refused
+            return self._complete_rows(end_args), self._claim_each(claims, start)
+        it = iter(done)
+        results = [next(it) if r is None else r for r in results]
+        return [True] * len(end_args), results  # type: ignore[return-value]
 
     def _others_wrote(self) -> bool:
         """SQLite: whether another connection (another thread's, another
@@ -1675,23 +1698,43 @@ class PeeweeJobStore(BaseJobStore):
 
     @_operation
     def complete_runs(self, ends: Sequence[Any]) -> list[bool]:
-        args = [(terminal_status(e["status"]).value, _us(e["now"]), self._text(e.get("error")),
+        return self._complete_rows(self._end_args(ends))
+
+    def _end_args(self, ends: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """complete's arguments for each of *ends*, checked (before any write)."""
+        return [(terminal_status(e["status"]).value, _us(e["now"]), self._text(e.get("error")),
                  self._text(e.get("error_detail")), e["run_id"]) for e in ends]
+
+    def _complete_rows(self, args: list[tuple[Any, ...]]) -> list[bool]:
+        """complete_runs for its checked arguments, in a transaction of its own."""
         if not args:
             return []
         distinct = len({a[4] for a in args}) == len(args)
         if self._pg and distinct:
-            # One guarded UPDATE ... FROM (VALUES ...) per chunk; RETURNING
-            # names the runs it ended (an executemany would cost a round
-            # trip per run, and tell only the total)
-            applied: set[str] = set()
             with self._write():
-                for chunk in _chunks(args):
-                    applied.update(run_id for (run_id,) in self._exec(
-                        self._sql.get(("completes", len(chunk))),
-                        [v for a in chunk for v in a]).fetchall())
+                applied = self._completed(args)
             return [a[4] in applied for a in args]
         return self._each_applies(self._complete_for(args), args, distinct=distinct)
+
+    def _completed(self, args: list[tuple[Any, ...]]) -> set[str]:
+        """PostgreSQL, in the caller's transaction: the ends of *args* (run
+        ids distinct) in one guarded UPDATE ... FROM (VALUES ...) per chunk;
+        the runs it ended, which RETURNING names (an executemany would cost
+        a round trip per run, and tell only the total)."""
+        applied: set[str] = set()
+        for chunk in _chunks(args):
+            applied.update(run_id for (run_id,) in self._exec(
+                self._sql.get(("completes", len(chunk))),
+                [v for a in chunk for v in a]).fetchall())
+        return applied
+
+    def _all_complete(self, args: list[tuple[Any, ...]]) -> bool:
+        """In the caller's transaction: apply the ends of *args* (run ids
+        distinct); whether every one applied. If not, the caller rolls back
+        and learns run by run (see complete_and_claim)."""
+        if self._pg:
+            return len(self._completed(args)) == len(args)
+        return self._exec_many(self._complete_for(args), args) == len(args)
 
     @_operation
     def renew_leases(

@@ -6,6 +6,7 @@ a handler, so a slow job delays nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import os
@@ -472,10 +473,24 @@ class ThreadScheduler(Scheduler):
         return started
 
     def _round(self, now: datetime) -> int:
-        # Handlers' outcomes, then ends the store refused before: their jobs
-        # stay busy until recorded.
-        self._flush_ends()
+        # Ends the store refused before: their jobs stay busy until recorded.
         self._flush_records()
+        # Handlers' outcomes since the last round: recorded together with
+        # this round's first claims (one transaction where the store can),
+        # or on their own at the end of the round if it claims nothing.
+        # Their jobs stay busy until then; their places count as free.
+        with self._lock:
+            ends, self._end_queue = self._end_queue, []
+        try:
+            return self._claim_round(now, ends)
+        finally:
+            if ends:
+                with self._record_lock:
+                    self._record_ends(ends)
+
+    def _claim_round(self, now: datetime, ends: list[_InFlight]) -> int:
+        """The rest of :meth:`_round`; the first claims take *ends* along
+        (and empty it)."""
         if self._recovering:
             # The first rounds after a store failure: other schedulers may
             # have been cut off too and not renewed their leases. Give them
@@ -499,7 +514,8 @@ class ThreadScheduler(Scheduler):
             self._orphans_possible = False
         with self._lock:
             self._blocked.clear()  # looked at again below
-            free = self.max_concurrent - len(self._inflight)
+            # a run whose end waits in *ends* has returned: its place is free
+            free = self.max_concurrent - len(self._inflight) + len(ends)
             plugin_ids = list(self._plugins)
             busy = set(self._busy)
             stopping = self._stopping
@@ -560,23 +576,37 @@ class ThreadScheduler(Scheduler):
                 batch.append((job, plan))
             if not batch:
                 break
+            # the round's ends go with its first claims (see _round)
+            taken: list[_InFlight] = []
+            if ends and self._claims_start:
+                taken, ends[:] = ends[:], []
             # Under the lock, no other submit (a trigger, a retry) takes a
             # worker counted idle here before the runs the claim records
             # running reach it.
-            with self._submit_lock:
-                idle = self._idle_workers()
-                try:
-                    claims = self._claim_slots([
-                        {"job_id": job.id, "expected": job.next_run_at,
-                         "run_slot": plan.run_slot, "next_run_at": plan.next_run_at,
-                         "missed": plan.missed, "now": now, "owner": self.owner,
-                         "lease_until": lease_until}
-                        for job, plan in batch], min(idle, len(batch)))
-                except BaseException:
-                    with self._lock:
-                        self._failed_claims.add(now)
-                    raise
-                started += self._dispatch_many(self._claimed(batch, claims, now), idle)
+            with self._record_lock if taken else contextlib.nullcontext():
+                with self._submit_lock:
+                    idle = self._idle_workers()
+                    rows = [{"job_id": job.id, "expected": job.next_run_at,
+                             "run_slot": plan.run_slot, "next_run_at": plan.next_run_at,
+                             "missed": plan.missed, "now": now, "owner": self.owner,
+                             "lease_until": lease_until} for job, plan in batch]
+                    try:
+                        if taken:
+                            applied, claims = self.store.complete_and_claim(
+                                self._end_rows(taken), rows, start=min(idle, len(batch)))
+                        else:
+                            claims = self._claim_slots(rows, min(idle, len(batch)))
+                    except BaseException as exc:
+                        with self._lock:
+                            self._failed_claims.add(now)
+                        if taken:  # they may have been recorded: the retry tells
+                            self._ends_failed(taken, exc, retry=True)
+                        raise
+                    started += self._dispatch_many(self._claimed(batch, claims, now), idle)
+                # after the runs went to their workers: an observer told of an
+                # end may trigger a run, which takes an idle worker
+                if taken:
+                    self._ends_recorded(taken, applied)
         if started >= free and pos < len(queue) and not self._stopping:
             with self._lock:  # more is due than there was room for
                 self._backlog = (queue[pos:], read_at, plugin_ids, generation)
@@ -979,51 +1009,69 @@ class ThreadScheduler(Scheduler):
         with self._record_lock:
             with self._lock:
                 batch, self._end_queue = self._end_queue, []
-            if not batch:
-                return
-            try:
-                applied = self.store.complete_runs([
-                    {"run_id": e.run_id, "status": e.queued_end[0], "now": e.queued_end[3],
-                     "error": e.queued_end[1], "error_detail": e.queued_end[2]}
-                    for e in batch])
-            except StoreError as exc:  # the database is unavailable: worth retrying
-                for entry in batch:
-                    status = entry.queued_end[0]
-                    logger.warning("pjcore could not record the end of run {run} of {job} "
-                                   "({status}): {error}; retrying until the store takes it",
-                                   run=entry.run_id, job=entry.job.job_key,
-                                   status=status.value, error=exc)
-                    with self._lock:
-                        entry.unrecorded, entry.queued_end = entry.queued_end, None
-                return
-            except Exception:
-                for entry in batch:
-                    with self._lock:
-                        entry.queued_end = None
-                    self._give_up_recording(entry)
-                    self._release(entry)
-                return
-            listening = self._listens("run_finished")
-            for entry, done in zip(batch, applied):
-                status, error, detail, ended_at = entry.queued_end
-                if (done and listening and status is RunStatus.succeeded and error is None
-                        and detail is None and entry.started_at is not None
-                        and entry.lease_until is not None):
-                    # exactly what the store now holds (an error text could
-                    # come back altered by the store: those are read back);
-                    # built field by field, at a third of attrs.evolve's cost
-                    run = entry.run
-                    entry.final = JobRun(
-                        id=run.id, job_id=run.job_id, plugin_id=run.plugin_id,
-                        job_key=run.job_key, trigger=run.trigger, status=status,
-                        scheduled_for=run.scheduled_for, created_at=run.created_at,
-                        started_at=entry.started_at, finished_at=ended_at,
-                        duration_ms=duration_ms(entry.started_at, ended_at),
-                        owner=self.owner, lease_until=entry.lease_until, attempt=run.attempt)
+            self._record_ends(batch)
+
+    def _record_ends(self, batch: list[_InFlight]) -> None:
+        """:meth:`_flush_ends` for *batch*, taken from the queue. Under the
+        record lock."""
+        if not batch:
+            return
+        try:
+            applied = self.store.complete_runs(self._end_rows(batch))
+        except Exception as exc:
+            self._ends_failed(batch, exc, retry=isinstance(exc, StoreError))
+            return
+        self._ends_recorded(batch, applied)
+
+    @staticmethod
+    def _end_rows(batch: list[_InFlight]) -> list[dict[str, Any]]:
+        return [{"run_id": e.run_id, "status": e.queued_end[0], "now": e.queued_end[3],
+                 "error": e.queued_end[1], "error_detail": e.queued_end[2]} for e in batch]
+
+    def _ends_failed(self, batch: list[_InFlight], exc: BaseException, *, retry: bool) -> None:
+        """The store raised recording *batch*: retried until it takes them
+        (an outage, or a round's claims that failed with them), or given up
+        (a store that cannot take them)."""
+        if retry:
+            for entry in batch:
+                status = entry.queued_end[0]
+                logger.warning("pjcore could not record the end of run {run} of {job} "
+                               "({status}): {error}; retrying until the store takes it",
+                               run=entry.run_id, job=entry.job.job_key,
+                               status=status.value, error=exc)
                 with self._lock:
-                    entry.queued_end = None
-                self._recorded(entry, done)
-                self._release(entry)
+                    entry.unrecorded, entry.queued_end = entry.queued_end, None
+            return
+        for entry in batch:
+            with self._lock:
+                entry.queued_end = None
+            self._give_up_recording(entry)
+            self._release(entry)
+
+    def _ends_recorded(self, batch: list[_InFlight], applied: list[bool]) -> None:
+        """The store took *batch*'s ends (*applied*: whether each applied):
+        free their jobs and announce them."""
+        listening = self._listens("run_finished")
+        for entry, done in zip(batch, applied):
+            status, error, detail, ended_at = entry.queued_end
+            if (done and listening and status is RunStatus.succeeded and error is None
+                    and detail is None and entry.started_at is not None
+                    and entry.lease_until is not None):
+                # exactly what the store now holds (an error text could
+                # come back altered by the store: those are read back);
+                # built field by field, at a third of attrs.evolve's cost
+                run = entry.run
+                entry.final = JobRun(
+                    id=run.id, job_id=run.job_id, plugin_id=run.plugin_id,
+                    job_key=run.job_key, trigger=run.trigger, status=status,
+                    scheduled_for=run.scheduled_for, created_at=run.created_at,
+                    started_at=entry.started_at, finished_at=ended_at,
+                    duration_ms=duration_ms(entry.started_at, ended_at),
+                    owner=self.owner, lease_until=entry.lease_until, attempt=run.attempt)
+            with self._lock:
+                entry.queued_end = None
+            self._recorded(entry, done)
+            self._release(entry)
 
     def _flush_records(self) -> None:
         """Retry the ends the store refused, oldest first. Never raises: a

@@ -356,6 +356,26 @@ class JobStore(metaclass=ABCMeta):
         """
         return [self.complete_run(**end) for end in ends]
 
+    def complete_and_claim(
+        self, ends: Sequence[Mapping[str, Any]], claims: Sequence[Mapping[str, Any]], *,
+        start: int = 0,
+    ) -> tuple[list[bool], list["Claim"]]:
+        """:meth:`complete_runs` for *ends*, then :meth:`claim_slots` for
+        *claims* (with *start*): a dispatch round records the ends of the
+        runs that finished and claims the next slots at once. Each end and
+        each claim applies or not exactly as those two methods decide; a
+        store may apply all of it in one transaction.
+
+        If it raises, the ends may or may not have been recorded (a caller
+        retries them; a terminal status is never overwritten), and the
+        claims are as after :meth:`claim_slots` raising.
+
+        The default calls the two methods, one after the other.
+
+        :return: (whether each end applied, one Claim per claim), in order.
+        """
+        return self.complete_runs(ends), self.claim_slots(claims, start=start)
+
     @abstractmethod
     def renew_leases(
         self, owner: str, run_ids: Sequence[str], *, lease_until: datetime, now: datetime

@@ -669,6 +669,65 @@ class JobStoreContract:
         with pytest.raises(ValueError):
             store.complete_runs([{"run_id": running.id, "status": "running", "now": now}])
 
+    def test_complete_and_claim_decides_as_the_two_calls_would(self, store):
+        jobs = self.seed(store, *[declaration(k, EVERY_15) for k in "abcdef"])
+        a, b, c, d, e, f = (jobs[k] for k in "abcdef")
+        slot = a.next_run_at
+        nxt, until = slot + timedelta(minutes=15), slot + timedelta(minutes=1)
+        ran = self.run(store, a, slot - timedelta(minutes=15), "running")
+        failed = self.run(store, b, slot - timedelta(minutes=15), "running")
+        over = self.run(store, c, slot - timedelta(minutes=15), "succeeded")
+        busy = store.create_run(f.id, trigger="manual", now=T0)  # f: a run in flight
+
+        def claim(job, **kw):
+            return {"job_id": job.id, "expected": slot, "run_slot": slot, "next_run_at": nxt,
+                    "now": slot, "owner": "me", "lease_until": until, **kw}
+
+        # the ends first: a's end frees a for its claim (in one store call)
+        applied, claims = store.complete_and_claim([
+            {"run_id": ran.id, "status": "succeeded", "now": slot},
+            {"run_id": failed.id, "status": RunStatus.failed, "now": slot, "error": "boom",
+             "error_detail": "trace"},
+            {"run_id": over.id, "status": "failed", "now": slot},  # already terminal
+        ], [claim(a), claim(d), claim(e, expected=slot - timedelta(minutes=15)), claim(f)],
+            start=1)
+        assert applied == [True, True, False]
+        assert [r.applied for r in claims] == [True, True, False, False]
+        assert store.get_run(ran.id).status is RunStatus.succeeded
+        assert store.get_run(ran.id).finished_at == slot
+        b_run = store.get_run(failed.id)
+        assert (b_run.status, b_run.error, b_run.error_detail) == (RunStatus.failed, "boom",
+                                                                    "trace")
+        assert store.get_run(over.id).status is RunStatus.succeeded  # never overwritten
+        started, queued = claims[0].run, claims[1].run
+        assert started.status is RunStatus.running and store.get_run(started.id) == started
+        assert queued.status is RunStatus.queued and store.get_run(queued.id) == queued
+        assert store.get_job(e.id).next_run_at == slot  # refused: pointer kept
+        assert store.get_run(busy.id).status is RunStatus.queued  # f untouched
+        # either part may be empty
+        assert store.complete_and_claim([], []) == ([], [])
+        assert store.complete_and_claim(
+            [{"run_id": started.id, "status": "succeeded", "now": nxt}], []) == ([True], [])
+        more = store.complete_and_claim([], [claim(e, expected=slot, run_slot=None, missed=1)])
+        assert more[0] == [] and more[1][0].applied and more[1][0].run is None
+        # an end that cannot be taken is refused before anything is written
+        with pytest.raises(ValueError):
+            store.complete_and_claim([{"run_id": queued.id, "status": "running", "now": nxt}],
+                                     [claim(f, expected=slot)])
+        assert store.get_run(queued.id).status is RunStatus.queued
+        assert store.get_job(f.id).next_run_at == slot
+
+    def test_complete_and_claim_with_a_run_ended_twice(self, store):
+        jobs = self.seed(store, declaration("a", EVERY_15), declaration("b", EVERY_15))
+        slot = jobs["a"].next_run_at
+        ran = self.run(store, jobs["a"], slot - timedelta(minutes=15), "running")
+        end = {"run_id": ran.id, "status": "succeeded", "now": slot}
+        applied, claims = store.complete_and_claim([end, dict(end, status="failed")], [{
+            "job_id": jobs["b"].id, "expected": slot, "run_slot": slot,
+            "next_run_at": slot + timedelta(minutes=15), "now": slot}])
+        assert applied == [True, False] and claims[0].applied
+        assert store.get_run(ran.id).status is RunStatus.succeeded
+
     def test_find_plugin_by_id_or_key(self, store):
         self.seed(store, declaration("a"), plugin="p-2", key="acme.reports")
         self.seed(store, declaration("a"), plugin="p-1", key="acme.reports")

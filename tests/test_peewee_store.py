@@ -692,6 +692,36 @@ def test_a_claim_batch_looks_before_locking_only_while_others_write(tmp_path):
         other.close()
 
 
+def test_a_round_s_ends_and_claims_commit_once(tmp_path):
+    store = PeeweeJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    try:
+        store.sync_jobs("p", "acme", [decl(k, "* * * * *") for k in "abc"], now=T0)
+        a, b, c = (store.get_job_by_key("p", k) for k in "abc")
+        slot = a.next_run_at
+        runs = [store.create_run(j.id, trigger="manual", now=T0) for j in (a, b)]
+        statements: list[str] = []
+        store._db.connection().set_trace_callback(statements.append)
+        ends = [{"run_id": r.id, "status": "succeeded", "now": slot} for r in runs]
+        claim = {"job_id": c.id, "expected": slot, "run_slot": slot,
+                 "next_run_at": slot + timedelta(minutes=1), "now": slot}
+        applied, claims = store.complete_and_claim(ends, [claim], start=1)
+        assert applied == [True, True] and claims[0].applied
+        assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == [
+            "BEGIN IMMEDIATE", "COMMIT"]
+        # an end that no longer applies: rolled back, then each part on its own
+        run = store.create_run(a.id, trigger="manual", now=T0)
+        store.complete_run(run.id, status="cancelled", now=T0)
+        statements.clear()
+        applied, claims = store.complete_and_claim(
+            [{"run_id": run.id, "status": "succeeded", "now": slot}],
+            [dict(claim, job_id=b.id)])
+        assert applied == [False] and claims[0].applied
+        assert "ROLLBACK" in statements
+        assert store.get_run(run.id).status.value == "cancelled"
+    finally:
+        store.close()
+
+
 # -- WAL checkpoints (SQLite) ------------------------------------------------------------
 
 

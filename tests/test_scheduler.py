@@ -1848,3 +1848,106 @@ def test_a_refused_claim_among_those_to_start_leaves_its_worker_to_a_queued_run(
     assert refused[0] not in {r.job_id for r in runs}
     (third,) = started  # the queued one, marked running by the loop
     assert third in {r.id for r in runs}
+
+
+# -- a round's ends go with its claims ------------------------------------------------
+
+
+def counting(store_class):
+    """*store_class* with a log of the batched calls the scheduler makes."""
+
+    class Counting(store_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.calls: list[tuple[str, int, int]] = []
+
+        def complete_and_claim(self, ends, claims, *, start=0):
+            self.calls.append(("complete_and_claim", len(ends), len(claims)))
+            self.inside = True  # the ABC's default calls complete_runs
+            try:
+                return super().complete_and_claim(ends, claims, start=start)
+            finally:
+                self.inside = False
+
+        def complete_runs(self, ends):
+            if not getattr(self, "inside", False):
+                self.calls.append(("complete_runs", len(ends), 0))
+            return super().complete_runs(ends)
+
+    return Counting
+
+
+@pytest.mark.parametrize("store_class", [MemoryJobStore, PeeweeJobStore])
+def test_the_loop_records_a_round_s_ends_with_its_next_claims(store_class, tmp_path):
+    args = [f"sqlite:///{tmp_path / 'jobs.db'}"] if store_class is PeeweeJobStore else []
+    env = Env(counting(store_class)(*args), max_concurrent=3,
+              lease_seconds=6 * 3600)  # no lease renewal in the way
+    try:
+        env.load(*[decl(f"j{i}", "* * * * *") for i in range(12)])
+        done = []
+        for i in range(12):
+            env.handle(f"j{i}", lambda ctx: done.append(ctx.run_id))
+        env.scheduler.start()
+        env.clock.set(hm(10, 31))
+        wait_for(lambda: len(done) == 12, what="every job run")
+        env.settle()
+        runs = env.runs()
+        assert len(runs) == 12 and {r.status for r in runs} == {RunStatus.succeeded}
+        assert all(r.scheduled_for == hm(10, 31) for r in runs)
+        # ends rode with claims (one call, one transaction on the peewee store) ...
+        together = [c for c in env.store.calls if c[0] == "complete_and_claim"]
+        assert together and sum(c[1] for c in together) >= 3
+        assert all(c[2] >= 1 for c in together)
+        # ... and the last ones, with nothing left to claim, went on their own
+        alone = sum(c[1] for c in env.store.calls if c[0] == "complete_runs")
+        assert sum(c[1] for c in together) + alone == 12
+        # the cap held: never more than 3 runs in the store at once
+        spans = sorted((r.started_at, 1) for r in runs) + sorted((r.finished_at, -1)
+                                                                  for r in runs)
+        assert all(r.finished_at >= r.started_at for r in runs)
+        level = peak = 0
+        for _, step in sorted(spans, key=lambda s: (s[0], s[1])):
+            level += step
+            peak = max(peak, level)
+        assert peak <= 3
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("applies_ends", [False, True])
+def test_ends_whose_round_failed_to_claim_are_recorded_later_once(applies_ends):
+    class FailsOnce(MemoryJobStore):
+        fail = False
+
+        def complete_and_claim(self, ends, claims, *, start=0):
+            if self.fail:
+                self.fail = False
+                if applies_ends:  # the ends committed, then the claims failed
+                    self.complete_runs(ends)
+                raise StoreError("connection lost")
+            return super().complete_and_claim(ends, claims, start=start)
+
+    env = Env(FailsOnce(), max_concurrent=1, lease_seconds=6 * 3600)
+    try:
+        env.load(decl("a", "0 * * * *"), decl("b", "0 * * * *"))
+        gate_a, gate_b = env.handle("a", Gate()), env.handle("b", Gate())
+        env.scheduler.start()
+        env.clock.set(hm(11, 0))
+        wait_for(lambda: gate_a.calls + gate_b.calls == 1, what="the first handler")
+        first, gate = (gate_a, gate_b) if gate_a.calls else (gate_b, gate_a)
+        env.store.fail = True  # the next round: its end and the other job's claim fail
+        first.release.set()
+        gate.release.set()
+        wait_for(lambda: env.scheduler.diagnostics()["consecutive_errors"] == 1,
+                 what="the failed round")
+        env.clock.advance(minutes=1)  # past the back-off (the next slots are at noon)
+        wait_for(lambda: gate.calls == 1, 10, "the other job, once the store is back")
+        env.settle(10)
+        assert not env.store.fail  # the round with the end and the claim did fail
+        runs = env.runs()
+        assert sorted(r.status.value for r in runs) == ["succeeded", "succeeded"]
+        assert gate_a.calls == gate_b.calls == 1
+        finished = [e for e in env.events if e[0] == "run_finished"]
+        assert sorted(e[1].id for e in finished) == sorted(r.id for r in runs)  # once each
+    finally:
+        env.close()
