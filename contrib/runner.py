@@ -36,7 +36,7 @@ def call_handler(handler: Callable[..., Any], context: JobContext) -> Outcome:
             pj_plugin=context.plugin_key, pj_job=context.job_key, pj_run=context.run_id
         ):
             result = handler(context)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 # Each async run gets its own loop in its worker thread: handlers
                 # of different plugins never share (or block) one loop.
                 asyncio.run(_await(result))

@@ -65,6 +65,8 @@ BACKLOG_TTL = 1.0
 #: default ``max_concurrent``, so a full round at the default cap is one
 #: transaction.
 CLAIM_BATCH = 10
+#: a runner's outcome status (a string) -> the RunStatus, without Enum's call
+_STATUSES = {s.value: s for s in RunStatus}
 #: clock seconds before a job whose claim was refused (a run of it in flight
 #: in another process) is looked at again
 BLOCKED_RETRY = 1.0
@@ -917,7 +919,8 @@ class ThreadScheduler(Scheduler):
             entry.returned = True  # before the record: its announcement waits for the release
         if not entry.ended:
             entry.ended = True
-            end = (RunStatus(outcome.status), outcome.error, outcome.error_detail,
+            end = (_STATUSES.get(outcome.status) or RunStatus(outcome.status), outcome.error,
+                   outcome.error_detail,
                    self.clock.now())
             with self._lock:
                 # While the loop runs, it records the outcome with the others
@@ -996,7 +999,8 @@ class ThreadScheduler(Scheduler):
                                listening=True if entry.final is not None else None)
         with self._lock:
             self._inflight.pop(entry.run_id, None)
-            self._drained.notify_all()
+            if self._stopping:  # only stop() waits for the runs to drain
+                self._drained.notify_all()
         # The loop releases at the start of a round, whose claims follow:
         # waking it would only cost an empty round.
         if threading.get_ident() != self._loop_ident:

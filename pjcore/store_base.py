@@ -229,8 +229,9 @@ def check_limit(limit: int) -> int:
 
 
 def terminal_status(status: RunStatus | str) -> RunStatus:
-    status = RunStatus(status)
-    if not status.terminal:
+    if status.__class__ is not RunStatus:
+        status = RunStatus(status)
+    if status is RunStatus.queued or status is RunStatus.running:
         raise InvalidArgument(f"complete_run needs a terminal status, not {status.value!r}")
     return status
 
