@@ -553,6 +553,8 @@ class ThreadScheduler(Scheduler):
             read_at = now
         lease_until = self._lease_until(now)
         pos = 0
+        # plan_slots depends on these alone; the jobs of a burst share them
+        plans: dict[tuple, Any] = {}
         # Claims go to the store a batch at a time (one transaction where the
         # store can), as many as there is room for; refused claims make room
         # for the next batch.
@@ -563,8 +565,11 @@ class ThreadScheduler(Scheduler):
             while pos < len(queue) and len(batch) < min(free - started, CLAIM_BATCH):
                 job = queue[pos]
                 pos += 1
+                key = (job.schedule, job.timezone, job.policy, job.next_run_at)
                 try:
-                    plan = plan_slots(job, now)
+                    plan = plans.get(key)
+                    if plan is None:
+                        plan = plans[key] = plan_slots(job, now)
                 except CronError as exc:
                     # Manifests are validated, so only a stored schedule that
                     # no longer evaluates (time zone data, no fire time left)

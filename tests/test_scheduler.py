@@ -1951,3 +1951,21 @@ def test_ends_whose_round_failed_to_claim_are_recorded_later_once(applies_ends):
         assert sorted(e[1].id for e in finished) == sorted(r.id for r in runs)  # once each
     finally:
         env.close()
+
+
+def test_jobs_of_one_schedule_due_from_different_slots_are_planned_apart(memory_env):
+    # a round plans once per (schedule, zone, policy, pointer): jobs that
+    # share all four share the plan, and only those
+    env = memory_env()
+    jobs = env.load(decl("a"), decl("b"), decl("c"))
+    for key in "abc":
+        env.handle(key, lambda ctx: None)
+    behind = jobs["b"].next_run_at - timedelta(minutes=30)  # two slots further back
+    assert env.store.set_next_run(jobs["b"].id, expected=jobs["b"].next_run_at,
+                                  next_run_at=behind, now=T0)
+    env.clock.set(hm(10, 45))
+    assert env.scheduler.tick() == 3
+    env.settle()
+    assert [env.job(k).missed_count for k in "abc"] == [0, 2, 0]
+    assert {r.scheduled_for for r in env.runs()} == {hm(10, 45)}
+    assert {env.job(k).next_run_at for k in "abc"} == {hm(11, 0)}
