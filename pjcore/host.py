@@ -167,9 +167,6 @@ class Host:
         if self._closed:
             raise ConfigurationError("this Host was stopped; create a new one")
         if not self._started:
-            # the handler registry is built on first use: now, not by the
-            # first run (10,000 handlers take a few milliseconds)
-            self.pm.handlers  # noqa: B018
             self.runner.start()
             self.scheduler.start()
             self._started = True
