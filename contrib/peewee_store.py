@@ -1359,14 +1359,16 @@ class PeeweeJobStore(BaseJobStore):
         us = _Micros()
         expected = {c["job_id"]: us[c.get("expected")] for c in claims}
         results: list[Claim | None] = [None] * len(claims)
-        if not self._pg and self._others_wrote():
+        if not self._pg and not end_args and self._others_wrote():
             # The first look, as claim_slot's, but one statement for the
             # batch: a claim it refuses costs no write lock. Only while
             # others write: a claim this connection's own writes left
             # standing is refused (in the transaction) by nobody else, and
-            # the look would only add a statement. (PostgreSQL locks only
-            # the rows, skipping those another claimer holds: a look would
-            # only add a round trip.)
+            # the look would only add a statement. Not with ends to record:
+            # those take the write lock anyway, and a claim of a job whose
+            # run ends among them must see the run ended. (PostgreSQL locks
+            # only the rows, skipping those another claimer holds: a look
+            # would only add a round trip.)
             looked: dict[str, tuple[int | None, bool]] = {}
             for chunk in _chunks(ids):
                 for job_id, pointer, status, busy in self._exec(

@@ -516,10 +516,18 @@ class ThreadScheduler(Scheduler):
             self._orphans_possible = False
         with self._lock:
             self._blocked.clear()  # looked at again below
-            # a run whose end waits in *ends* has returned: its place is free
-            free = self.max_concurrent - len(self._inflight) + len(ends)
+            # A run whose end waits in *ends* has returned: its place is
+            # free, as its end is recorded before (in the transaction of)
+            # the first claims. A store whose claim_slots predates start
+            # gets the ends on their own, at the end of the round.
+            together = self._claims_start
+            free = self.max_concurrent - len(self._inflight) + (len(ends) if together else 0)
             plugin_ids = list(self._plugins)
             busy = set(self._busy)
+            if ends and together:
+                # their end is recorded first in the claims' transaction:
+                # a next slot already due is claimed this round
+                busy.difference_update(e.job.id for e in ends)
             stopping = self._stopping
             generation = self._generation
             backlog, self._backlog = self._backlog, None
@@ -590,30 +598,43 @@ class ThreadScheduler(Scheduler):
             # Under the lock, no other submit (a trigger, a retry) takes a
             # worker counted idle here before the runs the claim records
             # running reach it.
+            applied: list[bool] | None = None
             with self._record_lock if taken else contextlib.nullcontext():
-                with self._submit_lock:
-                    idle = self._idle_workers()
-                    rows = [{"job_id": job.id, "expected": job.next_run_at,
-                             "run_slot": plan.run_slot, "next_run_at": plan.next_run_at,
-                             "missed": plan.missed, "now": now, "owner": self.owner,
-                             "lease_until": lease_until} for job, plan in batch]
-                    try:
-                        if taken:
-                            applied, claims = self.store.complete_and_claim(
-                                self._end_rows(taken), rows, start=min(idle, len(batch)))
-                        else:
-                            claims = self._claim_slots(rows, min(idle, len(batch)))
-                    except BaseException as exc:
-                        with self._lock:
-                            self._failed_claims.add(now)
-                        if taken:  # they may have been recorded: the retry tells
-                            self._ends_failed(taken, exc, retry=True)
-                        raise
-                    started += self._dispatch_many(self._claimed(batch, claims, now), idle)
-                # after the runs went to their workers: an observer told of an
-                # end may trigger a run, which takes an idle worker
-                if taken:
-                    self._ends_recorded(taken, applied)
+                try:
+                    with self._submit_lock:
+                        idle = self._idle_workers()
+                        rows = [{"job_id": job.id, "expected": job.next_run_at,
+                                 "run_slot": plan.run_slot, "next_run_at": plan.next_run_at,
+                                 "missed": plan.missed, "now": now, "owner": self.owner,
+                                 "lease_until": lease_until} for job, plan in batch]
+                        try:
+                            if taken:
+                                applied, claims = self.store.complete_and_claim(
+                                    self._end_rows(taken), rows, start=min(idle, len(batch)))
+                            else:
+                                claims = self._claim_slots(rows, min(idle, len(batch)))
+                        except BaseException as exc:
+                            with self._lock:
+                                self._failed_claims.add(now)
+                            if taken:  # they may have been recorded: the retry tells
+                                self._ends_failed(taken, exc, retry=True)
+                            raise
+                        try:
+                            started += self._dispatch_many(self._claimed(batch, claims, now),
+                                                           idle)
+                        except BaseException:
+                            # committed claims whose runs no worker got:
+                            # orphans, adopted once a round works again
+                            with self._lock:
+                                self._failed_claims.add(now)
+                            raise
+                finally:
+                    # Recorded with the claims: free the jobs, announce the
+                    # ends, whatever became of the dispatch. After the runs
+                    # went to their workers: an observer told of an end may
+                    # trigger a run, which takes an idle worker.
+                    if applied is not None:
+                        self._ends_recorded(taken, applied)
         if started >= free and pos < len(queue) and not self._stopping:
             with self._lock:  # more is due than there was room for
                 self._backlog = (queue[pos:], read_at, plugin_ids, generation)
@@ -999,15 +1020,15 @@ class ThreadScheduler(Scheduler):
         # again, and before the entry leaves _inflight, so stop() (and a
         # host closing the store after it) waits for the announcement.
         if entry.announce:
-            # a final run is built only for a listener (see _flush_ends)
+            # a final run is built only for a listener (see _ends_recorded)
             self._announce_end(entry.run_id, entry.job, entry.final,
                                listening=True if entry.final is not None else None)
         with self._lock:
             self._inflight.pop(entry.run_id, None)
             if self._stopping:  # only stop() waits for the runs to drain
                 self._drained.notify_all()
-        # The loop releases at the start of a round, whose claims follow:
-        # waking it would only cost an empty round.
+        # The loop releases as part of a round, after its claims: waking it
+        # would only cost an empty round.
         if threading.get_ident() != self._loop_ident:
             self.wake()
 

@@ -64,12 +64,16 @@ _last_ms = _last_rand = 0
 
 
 def _forget_last_id() -> None:
-    # a forked child starts from fresh randomness, not from its parent's last id
-    global _last_ms, _last_rand
+    # A forked child starts from fresh randomness, not from its parent's last
+    # id, and with a lock of its own: another thread of the parent may have
+    # held it at the fork, and would never release the child's copy.
+    global _id_lock, _last_ms, _last_rand
+    _id_lock = threading.Lock()
     _last_ms = _last_rand = 0
 
 
-os.register_at_fork(after_in_child=_forget_last_id)
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_forget_last_id)
 
 
 def first_fire(decl_schedule: str | None, tz: str, now: datetime) -> datetime | None:

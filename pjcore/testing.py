@@ -717,6 +717,19 @@ class JobStoreContract:
         assert store.get_run(queued.id).status is RunStatus.queued
         assert store.get_job(f.id).next_run_at == slot
 
+    def test_complete_and_claim_frees_a_job_for_its_own_claim(self, store):
+        # every end applies: the claim of the job whose run ends sees it ended
+        job = self.seed(store, declaration("a", EVERY_15))["a"]
+        slot = job.next_run_at
+        ran = self.run(store, job, slot - timedelta(minutes=15), "running")
+        applied, claims = store.complete_and_claim(
+            [{"run_id": ran.id, "status": "succeeded", "now": slot}],
+            [{"job_id": job.id, "expected": slot, "run_slot": slot,
+              "next_run_at": slot + timedelta(minutes=15), "now": slot}], start=1)
+        assert applied == [True] and claims[0].applied
+        assert store.get_run(ran.id).status is RunStatus.succeeded
+        assert store.get_run(claims[0].run.id).status is RunStatus.running
+
     def test_complete_and_claim_with_a_run_ended_twice(self, store):
         jobs = self.seed(store, declaration("a", EVERY_15), declaration("b", EVERY_15))
         slot = jobs["a"].next_run_at

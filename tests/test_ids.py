@@ -67,11 +67,22 @@ def test_a_forked_child_does_not_count_on_from_its_parent():
     new_id()
     assert store_base._last_ms != 0
     read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report its state, make no test output
-        os.write(write, b"1" if store_base._last_ms == 0 else b"0")
-        os._exit(0)
+    # another thread holds the id lock at the fork: the child must not wait
+    # for a release that only the parent's thread would make
+    with store_base._id_lock:
+        pid = os.fork()
+        if pid == 0:  # the child: report its state, make no test output
+            fresh = store_base._last_ms == 0
+            new_id()  # would block forever on the inherited, held lock
+            os.write(write, b"1" if fresh else b"0")
+            os._exit(0)
     os.close(write)
+    import select
+    import signal
+
+    ready, _, _ = select.select([read], [], [], 10)
+    if not ready:  # stuck on the inherited lock
+        os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-    assert os.read(read, 1) == b"1"
+    assert ready and os.read(read, 1) == b"1"
     os.close(read)

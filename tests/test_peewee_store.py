@@ -722,6 +722,31 @@ def test_a_round_s_ends_and_claims_commit_once(tmp_path):
         store.close()
 
 
+def test_a_job_s_end_frees_it_for_its_claim_also_while_others_write(tmp_path):
+    # the look before locking (while others write) must not refuse a claim
+    # whose job's run ends in the same call
+    path = tmp_path / "jobs.db"
+    store = PeeweeJobStore(f"sqlite:///{path}")
+    other = PeeweeJobStore(f"sqlite:///{path}")
+    try:
+        store.sync_jobs("p", "acme", [decl("a", "* * * * *")], now=T0)
+        job = store.get_job_by_key("p", "a")
+        for n in range(2):
+            other.sync_jobs("q", "other", [decl(f"x{n}")], now=T0)  # another connection wrote
+            job = store.get_job(job.id)
+            slot = job.next_run_at
+            run = store.create_run(job.id, trigger="manual", now=T0)
+            applied, claims = store.complete_and_claim(
+                [{"run_id": run.id, "status": "succeeded", "now": slot}],
+                [{"job_id": job.id, "expected": slot, "run_slot": slot,
+                  "next_run_at": slot + timedelta(minutes=1), "now": slot}])
+            assert applied == [True] and claims[0].applied
+            store.complete_run(claims[0].run.id, status="succeeded", now=slot)
+    finally:
+        store.close()
+        other.close()
+
+
 # -- WAL checkpoints (SQLite) ------------------------------------------------------------
 
 
