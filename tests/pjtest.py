@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -20,6 +21,27 @@ EXAMPLE_PLUGIN = ROOT / "examples" / "acme-reports"
 HOST_APP = ROOT / "examples" / "host_app.py"
 #: environment variables that would change which plugins a subprocess loads
 PLUGIN_ENV = ("PJCORE_LOAD_PLUGINS", "PJCORE_BLOCK_PLUGINS", "PJCORE_STRICT_PLUGINS")
+
+
+class Concurrency:
+    """A job handler that counts its calls in progress: ``level`` now,
+    ``peak`` the most at once, ``done`` the run ids of those that returned.
+    Each call does *hold* while it counts (a sleep, a gate's wait)."""
+
+    def __init__(self, hold: Callable[[], Any]) -> None:
+        self._hold = hold
+        self._lock = threading.Lock()
+        self.level = self.peak = 0
+        self.done: list[str] = []
+
+    def __call__(self, ctx: Any) -> None:
+        with self._lock:
+            self.level += 1
+            self.peak = max(self.peak, self.level)
+        self._hold()
+        with self._lock:
+            self.level -= 1
+            self.done.append(ctx.run_id)
 
 
 def can_build_offline(project: Path) -> bool:

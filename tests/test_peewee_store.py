@@ -34,6 +34,23 @@ def decl(key: str, schedule: str | None = "*/15 * * * *") -> JobDeclaration:
     return JobDeclaration(job_key=key, display_name=f"Job {key}", schedule=schedule)
 
 
+def slot_claim(job, **kw) -> dict:
+    """A claim of *job*'s current slot, moving its pointer a minute on."""
+    slot = job.next_run_at
+    return {"job_id": job.id, "expected": slot, "run_slot": slot,
+            "next_run_at": slot + timedelta(minutes=1), "now": slot, **kw}
+
+
+@pytest.fixture
+def two_connections(tmp_path):
+    """Two SQLite stores on one file: each writes through a connection of its own."""
+    path = tmp_path / "jobs.db"
+    store, other = PeeweeJobStore(f"sqlite:///{path}"), PeeweeJobStore(f"sqlite:///{path}")
+    yield store, other
+    store.close()
+    other.close()
+
+
 # -- helpers (PostgreSQL availability: the postgres_url fixture of conftest.py) --
 
 
@@ -652,44 +669,35 @@ def test_mark_runs_running_in_one_statement_or_row_by_row(tmp_path, monkeypatch,
         store.close()
 
 
-def test_a_claim_batch_looks_before_locking_only_while_others_write(tmp_path):
+def test_a_claim_batch_looks_before_locking_only_while_others_write(two_connections):
     # The look (one read before BEGIN IMMEDIATE) spares the write lock for
     # claims bound to be refused; they can only be refused because another
     # connection wrote. Every claim is checked in the transaction either way.
-    path = tmp_path / "jobs.db"
-    store = PeeweeJobStore(f"sqlite:///{path}")
-    other = PeeweeJobStore(f"sqlite:///{path}")
-    try:
-        store.sync_jobs("p", "acme", [decl(k, "* * * * *") for k in "abcd"], now=T0)
-        statements: list[str] = []
-        store._db.connection().set_trace_callback(statements.append)
+    store, other = two_connections
+    store.sync_jobs("p", "acme", [decl(k, "* * * * *") for k in "abcd"], now=T0)
+    statements: list[str] = []
+    store._db.connection().set_trace_callback(statements.append)
 
-        def claim(key: str, expected=None, job=None) -> bool:
-            job = job or store.get_job_by_key("p", key)
-            slot = job.next_run_at
-            statements.clear()
-            (result,) = store.claim_slots([{
-                "job_id": job.id, "expected": slot if expected is None else expected,
-                "run_slot": slot, "next_run_at": slot + timedelta(minutes=1),
-                "now": slot, "owner": "me", "lease_until": slot + timedelta(minutes=1)}])
-            return result.applied
+    def claim(key: str, job=None, **kw) -> bool:
+        job = job or store.get_job_by_key("p", key)
+        statements.clear()
+        (result,) = store.claim_slots([slot_claim(
+            job, owner="me", lease_until=job.next_run_at + timedelta(minutes=1), **kw)])
+        return result.applied
 
-        def looked() -> bool:
-            return any("EXISTS" in sql for sql in statements)
+    def looked() -> bool:
+        return any("EXISTS" in sql for sql in statements)
 
-        assert claim("a") and looked()  # the first batch of this connection
-        assert claim("b") and not looked()  # nobody else wrote since
-        other.sync_jobs("q", "other", [decl("x")], now=T0)
-        assert claim("c") and looked()
-        assert claim("d") and not looked()
-        # a claim that cannot apply is refused all the same, look or not
-        assert not claim("a", expected=T0 - timedelta(days=1)) and not looked()
-        before = store.get_job_by_key("p", "b")
-        other.pause_job(before.id, reason="x", now=T0)
-        assert not claim("b", job=before) and looked()
-    finally:
-        store.close()
-        other.close()
+    assert claim("a") and looked()  # the first batch of this connection
+    assert claim("b") and not looked()  # nobody else wrote since
+    other.sync_jobs("q", "other", [decl("x")], now=T0)
+    assert claim("c") and looked()
+    assert claim("d") and not looked()
+    # a claim that cannot apply is refused all the same, look or not
+    assert not claim("a", expected=T0 - timedelta(days=1)) and not looked()
+    before = store.get_job_by_key("p", "b")
+    other.pause_job(before.id, reason="x", now=T0)
+    assert not claim("b", job=before) and looked()
 
 
 def test_a_round_s_ends_and_claims_commit_once(tmp_path):
@@ -702,9 +710,7 @@ def test_a_round_s_ends_and_claims_commit_once(tmp_path):
         statements: list[str] = []
         store._db.connection().set_trace_callback(statements.append)
         ends = [{"run_id": r.id, "status": "succeeded", "now": slot} for r in runs]
-        claim = {"job_id": c.id, "expected": slot, "run_slot": slot,
-                 "next_run_at": slot + timedelta(minutes=1), "now": slot}
-        applied, claims = store.complete_and_claim(ends, [claim], start=1)
+        applied, claims = store.complete_and_claim(ends, [slot_claim(c)], start=1)
         assert applied == [True, True] and claims[0].applied
         assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == [
             "BEGIN IMMEDIATE", "COMMIT"]
@@ -713,8 +719,7 @@ def test_a_round_s_ends_and_claims_commit_once(tmp_path):
         store.complete_run(run.id, status="cancelled", now=T0)
         statements.clear()
         applied, claims = store.complete_and_claim(
-            [{"run_id": run.id, "status": "succeeded", "now": slot}],
-            [dict(claim, job_id=b.id)])
+            [{"run_id": run.id, "status": "succeeded", "now": slot}], [slot_claim(b)])
         assert applied == [False] and claims[0].applied
         assert "ROLLBACK" in statements
         assert store.get_run(run.id).status.value == "cancelled"
@@ -722,29 +727,21 @@ def test_a_round_s_ends_and_claims_commit_once(tmp_path):
         store.close()
 
 
-def test_a_job_s_end_frees_it_for_its_claim_also_while_others_write(tmp_path):
+def test_a_job_s_end_frees_it_for_its_claim_also_while_others_write(two_connections):
     # the look before locking (while others write) must not refuse a claim
     # whose job's run ends in the same call
-    path = tmp_path / "jobs.db"
-    store = PeeweeJobStore(f"sqlite:///{path}")
-    other = PeeweeJobStore(f"sqlite:///{path}")
-    try:
-        store.sync_jobs("p", "acme", [decl("a", "* * * * *")], now=T0)
-        job = store.get_job_by_key("p", "a")
-        for n in range(2):
-            other.sync_jobs("q", "other", [decl(f"x{n}")], now=T0)  # another connection wrote
-            job = store.get_job(job.id)
-            slot = job.next_run_at
-            run = store.create_run(job.id, trigger="manual", now=T0)
-            applied, claims = store.complete_and_claim(
-                [{"run_id": run.id, "status": "succeeded", "now": slot}],
-                [{"job_id": job.id, "expected": slot, "run_slot": slot,
-                  "next_run_at": slot + timedelta(minutes=1), "now": slot}])
-            assert applied == [True] and claims[0].applied
-            store.complete_run(claims[0].run.id, status="succeeded", now=slot)
-    finally:
-        store.close()
-        other.close()
+    store, other = two_connections
+    store.sync_jobs("p", "acme", [decl("a", "* * * * *")], now=T0)
+    job = store.get_job_by_key("p", "a")
+    for n in range(2):
+        other.sync_jobs("q", "other", [decl(f"x{n}")], now=T0)  # another connection wrote
+        job = store.get_job(job.id)
+        slot = job.next_run_at
+        run = store.create_run(job.id, trigger="manual", now=T0)
+        applied, claims = store.complete_and_claim(
+            [{"run_id": run.id, "status": "succeeded", "now": slot}], [slot_claim(job)])
+        assert applied == [True] and claims[0].applied
+        store.complete_run(claims[0].run.id, status="succeeded", now=slot)
 
 
 # -- WAL checkpoints (SQLite) ------------------------------------------------------------

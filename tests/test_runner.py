@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from pjtest import wait_for
+from pjtest import Concurrency, wait_for
 from loguru import logger
 
 from pjcore.abc import Outcome
@@ -267,27 +267,17 @@ def test_failing_handler_resolves_the_future_with_a_failed_outcome(runner):
 
 def test_at_most_max_workers_calls_run_at_once():
     runner = ThreadRunner(max_workers=2)
-    lock = threading.Lock()
-    running, peak = [0], [0]
     gate = threading.Event()
-
-    def handler(ctx):
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        gate.wait(5)
-        with lock:
-            running[0] -= 1
-
+    handler = Concurrency(lambda: gate.wait(5))
     try:
         futures = [runner.submit(handler, make_context(f"r{i}")) for i in range(5)]
-        wait_for(lambda: running[0] == 2)
+        wait_for(lambda: handler.level == 2)
         time.sleep(0.05)
-        assert running[0] == 2
+        assert handler.level == 2
         gate.set()
         for f in futures:
             assert f.result(5).status == "succeeded"
-        assert peak[0] == 2
+        assert handler.peak == 2
     finally:
         runner.stop(5)
 

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import pytest
-from pjtest import wait_for
+from pjtest import Concurrency, wait_for
 from loguru import logger
 
 from pjcore.clock import ManualClock, SystemClock
@@ -1885,22 +1885,13 @@ def test_the_loop_records_a_round_s_ends_with_its_next_claims(store_class, tmp_p
               lease_seconds=6 * 3600)  # no lease renewal in the way
     try:
         env.load(*[decl(f"j{i}", "* * * * *") for i in range(12)])
-        lock, level, peak, done = threading.Lock(), [0], [0], []
-
-        def handler(ctx):
-            with lock:
-                level[0] += 1
-                peak[0] = max(peak[0], level[0])
-            time.sleep(0.01)  # long enough for a round to come in between
-            with lock:
-                level[0] -= 1
-                done.append(ctx.run_id)
-
+        # long enough for a round to come in between
+        handler = Concurrency(lambda: time.sleep(0.01))
         for i in range(12):
             env.handle(f"j{i}", handler)
         env.scheduler.start()
         env.clock.set(hm(10, 31))
-        wait_for(lambda: len(done) == 12, what="every job run")
+        wait_for(lambda: len(handler.done) == 12, what="every job run")
         env.settle()
         runs = env.runs()
         assert len(runs) == 12 and {r.status for r in runs} == {RunStatus.succeeded}
@@ -1913,7 +1904,7 @@ def test_the_loop_records_a_round_s_ends_with_its_next_claims(store_class, tmp_p
         alone = sum(c[1] for c in env.store.calls if c[0] == "complete_runs")
         assert sum(c[1] for c in together) + alone == 12
         # the places of runs whose end waited counted free, and the cap held
-        assert peak[0] == 3
+        assert handler.peak == 3
     finally:
         env.close()
 
@@ -2053,24 +2044,14 @@ def test_a_store_without_start_gets_a_round_s_ends_on_their_own():
     env = Env(Older(), max_concurrent=2, max_workers=4, lease_seconds=6 * 3600)
     try:
         env.load(*[decl(f"j{i}", "* * * * *") for i in range(8)])
-        lock, level, peak, done = threading.Lock(), [0], [0], []
-
-        def handler(ctx):
-            with lock:
-                level[0] += 1
-                peak[0] = max(peak[0], level[0])
-            time.sleep(0.005)
-            with lock:
-                level[0] -= 1
-                done.append(ctx.run_id)
-
+        handler = Concurrency(lambda: time.sleep(0.005))
         for i in range(8):
             env.handle(f"j{i}", handler)
         env.scheduler.start()
         env.clock.set(hm(10, 31))
-        wait_for(lambda: len(done) == 8, what="every job run")
+        wait_for(lambda: len(handler.done) == 8, what="every job run")
         env.settle()
         assert sorted(r.status.value for r in env.runs()) == ["succeeded"] * 8
-        assert peak[0] <= 2
+        assert handler.peak <= 2
     finally:
         env.close()
