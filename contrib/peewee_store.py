@@ -54,6 +54,7 @@ from pjcore.models import (
     as_aware_utc,
 )
 from pjcore.store_base import (
+    _EPOCH,
     redact_url,
     BaseJobStore,
     check_limit,
@@ -395,15 +396,12 @@ def _open_database(url: str, options: dict[str, Any]) -> pw.Database:
 # -- conversions -------------------------------------------------------------
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
 def _us(value: datetime | None) -> int | None:
     if value is None:
         return None
     if value.__class__ is not datetime or value.tzinfo is not timezone.utc:
         value = as_aware_utc(value)
-    delta = value - _EPOCH  # to_micros, inlined: a few per run of a dispatch
+    delta = value - _EPOCH  # to_micros, inlined (same epoch): a few per run of a dispatch
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
