@@ -112,7 +112,6 @@ class _InFlight:
     context: JobContext
     deadline: datetime | None
     timeout: float | None
-    future: Future | None = None
     #: when the loop marked the run ``running``, and the lease the store now
     #: holds for it (renewals included; only the loop writes them); the
     #: JobRun itself is built only for an observer (see :meth:`running`)
@@ -841,7 +840,9 @@ class ThreadScheduler(Scheduler):
             logger.opt(exception=exc).error("pjcore runner refused run {run}", run=entry.run_id)
             future = Future()
             future.set_result(Outcome("failed", f"runner error: {exc!r}"))
-        entry.future = future
+        # The entry does not keep its future: the callback already refers
+        # to the entry, and the cycle would leave every run's objects to the
+        # cyclic collector instead of reference counting.
         future.add_done_callback(lambda f: self._finished(entry, f))
 
     def _execute(self, entry: _InFlight, context: JobContext) -> Any:
