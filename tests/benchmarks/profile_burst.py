@@ -8,7 +8,9 @@ Two in-process runs of ``pjcore.bench.burst`` (the real Host, store,
 scheduler and runner):
 
 1. **counted**: every SQL statement and commit peewee sends is counted by
-   kind, and the run is timed without a profiler;
+   kind, and the run is timed without a profiler; the CPU time of each of
+   pjcore's threads (the scheduler loop, the workers, the WAL checkpointer)
+   is read at its end;
 2. **profiled**: cProfile in *every* thread (the scheduler loop and the
    runner's workers, not only the main thread), merged. cProfile slows
    Python code down (about 2x here), so read its figures as shares.
@@ -28,6 +30,7 @@ splits peewee's cost into building SQL (``Database.execute`` minus
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import inspect
 import io
@@ -72,6 +75,27 @@ HOT = [
 
 
 # -- statement counting -----------------------------------------------------------
+
+
+class ThreadCPU:
+    """CPU time of each pjcore thread alive when the burst ends, by role
+    (thread names without their number). The threads start with the Host,
+    inside the burst's window, so their clocks measure the burst."""
+
+    def __init__(self) -> None:
+        self.by_role: Counter = Counter()
+
+    def __enter__(self) -> "ThreadCPU":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for thread in threading.enumerate():
+            if thread.name.startswith("pjcore-") and thread.ident is not None:
+                try:
+                    clock = time.pthread_getcpuclockid(thread.ident)
+                except (AttributeError, OSError):  # not on this platform, or just ended
+                    continue
+                self.by_role[thread.name.rstrip("0123456789_")] += time.clock_gettime(clock)
 
 
 class StatementCounter:
@@ -290,7 +314,14 @@ def main(argv: list[str] | None = None) -> int:
         # both instruments see the burst only (from the Host's start to the
         # last run recorded), not the setup that stores the jobs
         counter, profiler = StatementCounter(), AllThreadsProfile(time.thread_time if args.cpu else None)
-        plain = bench.burst(settings, targets["counted"], around=lambda: counter)
+        threads = ThreadCPU()
+
+        @contextlib.contextmanager
+        def counted():
+            with counter, threads:
+                yield
+
+        plain = bench.burst(settings, targets["counted"], around=counted)
         profiled = bench.burst(settings, targets["profiled"], around=lambda: profiler)
         serial = serial_ops(n, targets["serial"], args.max_concurrent)
     finally:
@@ -306,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                f"{os.cpu_count()} CPUs")
     out.append(f"counted run: {plain['throughput']:,.0f} jobs/s, {plain['cpu_per_job_us']:,.0f} us "
                f"CPU per job; profiled run: {profiled['throughput']:,.0f} jobs/s")
+    if threads.by_role:
+        out.append("counted run, CPU per job by thread: " + ", ".join(
+            f"{role} {seconds / n * 1e6:,.0f} us" for role, seconds in threads.by_role.most_common()))
     out.append("")
     out.append("statements per job (BEGIN and COMMIT included):")
     total = sum(counter.counts.values())
