@@ -12,7 +12,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import operator
 import os
 import re
 import select
@@ -518,7 +517,24 @@ _RUN_COLUMNS = ("id", "job_id", "plugin_id", "job_key", "trigger", "status", "sc
 #: lookup formats and discards two AttributeErrors.
 _CLAIM_RUN_COLUMNS = tuple(c for c in _RUN_COLUMNS
                            if c not in ("finished_at", "duration_ms", "error", "error_detail"))
-_claim_values = operator.itemgetter(*(_RUN_COLUMNS.index(c) for c in _CLAIM_RUN_COLUMNS))
+# _claim_many writes these columns in this order
+assert _CLAIM_RUN_COLUMNS == ("id", "job_id", "plugin_id", "job_key", "trigger", "status",
+                              "scheduled_for", "created_at", "started_at", "owner",
+                              "lease_until", "attempt")
+_SCHEDULE, _QUEUED, _RUNNING = (RunTrigger.schedule.value, RunStatus.queued.value,
+                                RunStatus.running.value)
+_ACTIVE = JobStatus.active.value
+#: a terminal status (a member or its value: RunStatus is a str enum, and
+#: both hash alike) -> its value
+_TERMINAL_VALUES = {s.value: s.value for s in RunStatus if s.terminal}
+
+
+def _terminal_value(status: Any) -> str:
+    """terminal_status(status).value, without an Enum call for the usual case."""
+    try:
+        return _TERMINAL_VALUES[status]
+    except (KeyError, TypeError):  # not a terminal status: terminal_status says why
+        return terminal_status(status).value
 
 
 @functools.lru_cache(maxsize=256)
@@ -1371,7 +1387,7 @@ class PeeweeJobStore(BaseJobStore):
             for chunk in _chunks(ids):
                 for job_id, pointer, status, busy in self._exec(
                         self._sql.get(("look", len(chunk))), chunk).fetchall():
-                    if status == JobStatus.active.value:
+                    if status == _ACTIVE:
                         looked[job_id] = (pointer, bool(busy))
             for i, c in enumerate(claims):
                 found = looked.get(c["job_id"])
@@ -1430,7 +1446,7 @@ class PeeweeJobStore(BaseJobStore):
         # (skipping those another scheduler is claiming right now).
         for chunk in _chunks(ids):
             for row in self._exec(sql.get(("lock_many", len(chunk))), chunk).fetchall():
-                if row[4] == JobStatus.active.value:
+                if row[4] == _ACTIVE:
                     jobs[row[0]] = row
         ready = [c for c in claims if c["job_id"] in jobs
                  and jobs[c["job_id"]][3] == expected[c["job_id"]]]
@@ -1455,18 +1471,23 @@ class PeeweeJobStore(BaseJobStore):
             slot, now, now_us = us[c.get("run_slot")], c["now"], us[c["now"]]
             run = None
             if slot is not None:
-                rows = runs.get(job_id, ())
-                if any(status in _NON_TERMINAL for status, _ in rows):
+                rows = runs.get(job_id)  # none, as a rule: no run of the job in flight
+                if rows and any(status in _NON_TERMINAL for status, _ in rows):
                     out.append(Claim(applied=False))
                     continue
-                if not any(scheduled == slot for _, scheduled in rows):
+                if not (rows and any(scheduled == slot for _, scheduled in rows)):
                     started = job_id in starting
+                    owner, lease_until = c.get("owner"), c.get("lease_until")
                     run = JobRun(id=new_id(), job_id=job_id, plugin_id=job[1], job_key=job[2],
                                  trigger=RunTrigger.schedule, scheduled_for=c["run_slot"],
                                  status=RunStatus.running if started else RunStatus.queued,
                                  created_at=now, started_at=now if started else None,
-                                 owner=c.get("owner"), lease_until=c.get("lease_until"))
-                    inserts.append(_claim_values(self._run_row(run, us)))
+                                 owner=owner, lease_until=lease_until)
+                    # the row of _CLAIM_RUN_COLUMNS, from the instants this
+                    # batch converted already
+                    inserts.append((run.id, job_id, job[1], job[2], _SCHEDULE,
+                                    _RUNNING if started else _QUEUED, slot, now_us,
+                                    now_us if started else None, owner, us[lease_until], 1))
             moves[slot is not None].append(
                 (us[c.get("next_run_at")], now_us, c.get("missed", 0), job_id, slot))
             out.append(Claim(applied=True, run=run))
@@ -1718,8 +1739,12 @@ class PeeweeJobStore(BaseJobStore):
 
     def _end_args(self, ends: Sequence[Any]) -> list[tuple[Any, ...]]:
         """complete's arguments for each of *ends*, checked (before any write)."""
-        return [(terminal_status(e["status"]).value, _us(e["now"]), self._text(e.get("error")),
-                 self._text(e.get("error_detail")), e["run_id"]) for e in ends]
+        if self._pg:
+            return [(_terminal_value(e["status"]), _us(e["now"]), self._text(e.get("error")),
+                     self._text(e.get("error_detail")), e["run_id"]) for e in ends]
+        # SQLite text takes any string (see _text)
+        return [(_terminal_value(e["status"]), _us(e["now"]), e.get("error"),
+                 e.get("error_detail"), e["run_id"]) for e in ends]
 
     def _complete_rows(self, args: list[tuple[Any, ...]]) -> list[bool]:
         """complete_runs for its checked arguments, in a transaction of its own."""

@@ -234,10 +234,18 @@ def check_limit(limit: int) -> int:
 
 def terminal_status(status: RunStatus | str) -> RunStatus:
     if status.__class__ is not RunStatus:
-        status = RunStatus(status)
+        try:
+            status = RunStatus(status)
+        except (ValueError, TypeError):
+            raise InvalidArgument(
+                f"complete_run needs a terminal status ({', '.join(_TERMINAL_NAMES)}), "
+                f"not {status!r}") from None
     if status is RunStatus.queued or status is RunStatus.running:
         raise InvalidArgument(f"complete_run needs a terminal status, not {status.value!r}")
     return status
+
+
+_TERMINAL_NAMES = [s.value for s in RunStatus if s.terminal]
 
 
 def duration_ms(started_at: datetime | None, now: datetime) -> int | None:

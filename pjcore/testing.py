@@ -666,8 +666,10 @@ class JobStoreContract:
         assert b.duration_ms is None  # never started
         assert c.status is RunStatus.succeeded  # a terminal status is never overwritten
         assert store.complete_runs([]) == []
-        with pytest.raises(ValueError):
-            store.complete_runs([{"run_id": running.id, "status": "running", "now": now}])
+        for bad in ("running", "bogus", None, ["succeeded"]):
+            with pytest.raises(ValueError):
+                store.complete_runs([{"run_id": running.id, "status": bad, "now": now}])
+        assert store.get_run(running.id) == a
 
     def test_complete_and_claim_decides_as_the_two_calls_would(self, store):
         jobs = self.seed(store, *[declaration(k, EVERY_15) for k in "abcdef"])
@@ -857,7 +859,8 @@ class JobStoreContract:
         assert store.mark_running(run.id, now=at(2)) is True
         assert store.complete_run(run.id, status="succeeded", now=at(3)) is True
 
-    @pytest.mark.parametrize("status", ["queued", "running", RunStatus.running, "bogus"])
+    @pytest.mark.parametrize("status", ["queued", "running", RunStatus.running, "bogus", None,
+                                        ["succeeded"]])
     def test_complete_run_needs_a_terminal_status(self, store, status):
         job = self.one_job(store)
         run = self.run(store, job, at(1), "running")
