@@ -524,8 +524,9 @@ assert _CLAIM_RUN_COLUMNS == ("id", "job_id", "plugin_id", "job_key", "trigger",
 _SCHEDULE, _QUEUED, _RUNNING = (RunTrigger.schedule.value, RunStatus.queued.value,
                                 RunStatus.running.value)
 _ACTIVE = JobStatus.active.value
-#: a terminal status (a member or its value: RunStatus is a str enum, and
-#: both hash alike) -> its value
+#: a terminal status (a member or its value) -> its value. A member of the
+#: str enum RunStatus equals its value, and hashes by its name, which is
+#: its value too: both find the entry
 _TERMINAL_VALUES = {s.value: s.value for s in RunStatus if s.terminal}
 
 

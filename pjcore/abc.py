@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import attrs
 
-from pjcore.models import Claim, RunStatus
+from pjcore.models import Claim, RunStatus, terminal_status
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -348,12 +348,19 @@ class JobStore(metaclass=ABCMeta):
         """:meth:`complete_run` for each of *ends* (each a mapping of
         ``complete_run``'s arguments, ``run_id`` included), in order; a store
         may apply them in one transaction. Each applies or not on its own,
-        exactly as :meth:`complete_run` decides. The default calls
-        :meth:`complete_run` once per end; an exception ends the batch (ends
-        applied before it stay applied).
+        exactly as :meth:`complete_run` decides.
 
+        Every end is checked before any is applied: a status that is not
+        terminal (or no status at all) raises ``ValueError`` and none of the
+        batch is recorded. The default checks the statuses, then calls
+        :meth:`complete_run` once per end; a store error ends the batch
+        (ends applied before it stay applied).
+
+        :raises ValueError: an end's status is not terminal.
         :return: whether each applied, in order.
         """
+        for end in ends:
+            terminal_status(end["status"])
         return [self.complete_run(**end) for end in ends]
 
     def complete_and_claim(

@@ -68,6 +68,26 @@ class RunStatus(str, enum.Enum):
 NON_TERMINAL = frozenset({RunStatus.queued, RunStatus.running})
 
 
+def terminal_status(status: RunStatus | str) -> RunStatus:
+    """*status* as a terminal :class:`RunStatus`, the one a run may end with.
+
+    :raises InvalidArgument: not a status, or ``queued`` / ``running``.
+    """
+    if status.__class__ is not RunStatus:
+        try:
+            status = RunStatus(status)
+        except (ValueError, TypeError):
+            raise InvalidArgument(
+                f"complete_run needs a terminal status ({', '.join(_TERMINAL_NAMES)}), "
+                f"not {status!r}") from None
+    if status is RunStatus.queued or status is RunStatus.running:
+        raise InvalidArgument(f"complete_run needs a terminal status, not {status.value!r}")
+    return status
+
+
+_TERMINAL_NAMES = [s.value for s in RunStatus if s.terminal]
+
+
 class RunTrigger(str, enum.Enum):
     """What started a run."""
 

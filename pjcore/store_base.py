@@ -20,7 +20,7 @@ from pjcore.exceptions import InvalidArgument
 from pjcore import cron
 from pjcore.abc import JobStore
 from pjcore.manifest import JobDeclaration
-from pjcore.models import Job, JobStatus, PausedBy, RunStatus
+from pjcore.models import Job, JobStatus, PausedBy, terminal_status
 
 __all__ = ["BaseJobStore", "JobChange", "SyncPlan", "new_id", "plan_sync"]
 
@@ -232,20 +232,6 @@ def check_limit(limit: int) -> int:
     return limit
 
 
-def terminal_status(status: RunStatus | str) -> RunStatus:
-    if status.__class__ is not RunStatus:
-        try:
-            status = RunStatus(status)
-        except (ValueError, TypeError):
-            raise InvalidArgument(
-                f"complete_run needs a terminal status ({', '.join(_TERMINAL_NAMES)}), "
-                f"not {status!r}") from None
-    if status is RunStatus.queued or status is RunStatus.running:
-        raise InvalidArgument(f"complete_run needs a terminal status, not {status.value!r}")
-    return status
-
-
-_TERMINAL_NAMES = [s.value for s in RunStatus if s.terminal]
 
 
 def duration_ms(started_at: datetime | None, now: datetime) -> int | None:

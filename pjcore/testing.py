@@ -666,10 +666,15 @@ class JobStoreContract:
         assert b.duration_ms is None  # never started
         assert c.status is RunStatus.succeeded  # a terminal status is never overwritten
         assert store.complete_runs([]) == []
+        # an end that cannot be taken is refused before anything is written,
+        # also the valid ends before it in the batch
+        first = self.run(store, jobs["b"], hm(10, 46), "running")
+        second = self.run(store, jobs["c"], hm(10, 46), "running")
         for bad in ("running", "bogus", None, ["succeeded"]):
             with pytest.raises(ValueError):
-                store.complete_runs([{"run_id": running.id, "status": bad, "now": now}])
-        assert store.get_run(running.id) == a
+                store.complete_runs([{"run_id": first.id, "status": "succeeded", "now": now},
+                                     {"run_id": second.id, "status": bad, "now": now}])
+        assert store.get_run(first.id) == first and store.get_run(second.id) == second
 
     def test_complete_and_claim_decides_as_the_two_calls_would(self, store):
         jobs = self.seed(store, *[declaration(k, EVERY_15) for k in "abcdef"])
@@ -713,10 +718,13 @@ class JobStoreContract:
         more = store.complete_and_claim([], [claim(e, expected=slot, run_slot=None, missed=1)])
         assert more[0] == [] and more[1][0].applied and more[1][0].run is None
         # an end that cannot be taken is refused before anything is written
-        with pytest.raises(ValueError):
-            store.complete_and_claim([{"run_id": queued.id, "status": "running", "now": nxt}],
-                                     [claim(f, expected=slot)])
-        assert store.get_run(queued.id).status is RunStatus.queued
+        for bad in ("running", "bogus", None):
+            with pytest.raises(ValueError):
+                store.complete_and_claim(
+                    [{"run_id": busy.id, "status": "succeeded", "now": nxt},
+                     {"run_id": queued.id, "status": bad, "now": nxt}],
+                    [claim(f, expected=slot)])
+        assert store.get_run(queued.id) == queued and store.get_run(busy.id) == busy
         assert store.get_job(f.id).next_run_at == slot
 
     def test_complete_and_claim_frees_a_job_for_its_own_claim(self, store):

@@ -2058,33 +2058,65 @@ def test_a_store_without_start_gets_a_round_s_ends_on_their_own():
         env.close()
 
 
+@contextlib.contextmanager
+def _cycles_found(found: list[str]):
+    """Collects the pjcore and concurrent.futures objects that reference
+    cycles kept alive while the block ran (the collector off meanwhile)."""
+    import gc
+
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield
+    finally:
+        try:
+            gc.collect()
+            garbage = list(gc.garbage)
+        finally:
+            # the interpreter's settings first: a failure below must not
+            # leave the collector off for the rest of the session
+            gc.set_debug(0)
+            gc.garbage.clear()
+            if was_enabled:
+                gc.enable()
+        found.extend(sorted({type(o).__qualname__ for o in garbage
+                             if str(type(o).__module__).startswith(("pjcore", "concurrent"))}))
+        del garbage
+
+
 def test_runs_leave_no_reference_cycles(tmp_path):
     # What a run allocates (its future, context, in-flight entry, records)
     # is freed by reference counting when the run is done. Left in a cycle,
     # a burst's runs pile up for the cyclic collector, whose passes over
     # them cost several percent of a burst and grow the heap meanwhile.
-    import gc
-
     from pjcore import bench
 
     found: list[str] = []
-
-    @contextlib.contextmanager
-    def watch_cycles():
-        gc.collect()
-        gc.disable()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        try:
-            yield
-        finally:
-            gc.collect()
-            found.extend(sorted({type(o).__qualname__ for o in gc.garbage
-                                 if type(o).__module__.startswith(("pjcore", "concurrent"))}))
-            gc.set_debug(0)
-            gc.garbage.clear()
-            gc.enable()
-
     result = bench.burst(bench.Settings(jobs=200, max_concurrent=4),
-                         bench.Target(f"sqlite:///{tmp_path}/cycles.db"), around=watch_cycles)
+                         bench.Target(f"sqlite:///{tmp_path}/cycles.db"),
+                         around=lambda: _cycles_found(found))
     assert result["ran_exactly_once"]
     assert found == []
+
+
+def test_manual_failed_and_timed_out_runs_leave_no_reference_cycles(tmp_path):
+    # the other ways a run ends, through the running loop
+    env = Env(PeeweeJobStore(f"sqlite:///{tmp_path}/cycles.db"), clock=SystemClock())
+    try:
+        env.load(decl("ok", None), decl("boom", None), decl("slow", None, timeout_seconds=0.05))
+        env.handle("ok", lambda ctx: None)
+        env.handle("boom", lambda ctx: 1 / 0)
+        env.handle("slow", lambda ctx: ctx.wait(5))
+        env.scheduler.start()
+        found: list[str] = []
+        with _cycles_found(found):
+            run_ids = [env.scheduler.trigger(env.job(key).id) for key in ("ok", "boom", "slow")]
+            for run_id, status in zip(run_ids, ("succeeded", "failed", "failed")):
+                env.wait_status(run_id, status)
+            env.settle()
+        assert found == []
+        assert env.run(run_ids[2]).error == "timed out after 0.05s"
+    finally:
+        env.close()

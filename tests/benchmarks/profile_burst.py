@@ -78,24 +78,35 @@ HOT = [
 
 
 class ThreadCPU:
-    """CPU time of each pjcore thread alive when the burst ends, by role
-    (thread names without their number). The threads start with the Host,
-    inside the burst's window, so their clocks measure the burst."""
+    """CPU time each pjcore thread spent within the burst, by role (thread
+    names without their number): read when the burst ends, less what a
+    thread already alive when it began (the store's WAL checkpointer,
+    started by the setup's commits) had spent by then. Empty where
+    ``time.pthread_getcpuclockid`` does not exist (macOS, Windows)."""
 
     def __init__(self) -> None:
         self.by_role: Counter = Counter()
+        self._before: dict[int, float] = {}
 
-    def __enter__(self) -> "ThreadCPU":
-        return self
-
-    def __exit__(self, *exc) -> None:
+    @staticmethod
+    def _clocks() -> dict[int, tuple[str, float]]:
+        out = {}
         for thread in threading.enumerate():
             if thread.name.startswith("pjcore-") and thread.ident is not None:
                 try:
                     clock = time.pthread_getcpuclockid(thread.ident)
+                    out[thread.ident] = (thread.name, time.clock_gettime(clock))
                 except (AttributeError, OSError):  # not on this platform, or just ended
                     continue
-                self.by_role[thread.name.rstrip("0123456789_")] += time.clock_gettime(clock)
+        return out
+
+    def __enter__(self) -> "ThreadCPU":
+        self._before = {ident: spent for ident, (_, spent) in self._clocks().items()}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for ident, (name, spent) in self._clocks().items():
+            self.by_role[name.rstrip("0123456789_")] += spent - self._before.get(ident, 0.0)
 
 
 class StatementCounter:
