@@ -218,8 +218,12 @@ class MemoryJobStore(BaseJobStore):
         owner: str | None = None,
         lease_until: datetime | None = None,
     ) -> Claim:
+        # every instant checked before anything is written
         expected = optional_aware_utc(expected)
         run_slot = optional_aware_utc(run_slot)
+        next_run_at = optional_aware_utc(next_run_at)
+        now = as_aware_utc(now)
+        lease_until = optional_aware_utc(lease_until)
         with self._open():
             job = self._jobs.get(job_id)
             if job is None or job.status is not JobStatus.active or job.next_run_at != expected:

@@ -1336,6 +1336,7 @@ class PeeweeJobStore(BaseJobStore):
         owner: str | None = None,
         lease_until: datetime | None = None,
     ) -> Claim:
+        as_aware_utc(now)  # required: None would only fail the write, read as a refusal
         if not self._claimable(job_id, _us(expected), _us(run_slot)):
             return Claim(applied=False)
         try:
@@ -1373,6 +1374,9 @@ class PeeweeJobStore(BaseJobStore):
         # job ids are distinct by now)
         us = _Micros()
         expected = {c["job_id"]: us[c.get("expected")] for c in claims}
+        for c in claims:  # None converts to None below: a claim's own instant is required
+            if us[c.get("now")] is None:
+                as_aware_utc(c.get("now"))  # raises, naming what it got
         results: list[Claim | None] = [None] * len(claims)
         if not self._pg and not end_args and self._others_wrote():
             # The first look, as claim_slot's, but one statement for the

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import attrs
 
-from pjcore.models import Claim, RunStatus, terminal_status
+from pjcore.models import (Claim, RunStatus, as_aware_utc, optional_aware_utc,
+                           terminal_status)
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -226,12 +227,16 @@ class JobStore(metaclass=ABCMeta):
             others stay ``queued``). A store may write them so in the claim's
             own statements. Each returned run shows the status it has.
 
-        The default calls :meth:`claim_slot` once per claim, then
-        :meth:`mark_running` for the runs to start; an exception ends the
-        batch (claims applied before it stay applied).
+        Every claim's instants are checked before any claim applies: a naive
+        datetime, or something that is no datetime, raises and none of the
+        batch is applied. The default checks them, then calls
+        :meth:`claim_slot` once per claim, then :meth:`mark_running` for the
+        runs to start; a store error ends the batch (claims applied before
+        it stay applied).
 
         :return: one :class:`~pjcore.models.Claim` per claim, in order.
         """
+        _check_claims(claims)
         claimed = [self.claim_slot(**claim) for claim in claims]
         return self._start_claimed(claims, claimed, start)
 
@@ -351,8 +356,9 @@ class JobStore(metaclass=ABCMeta):
         exactly as :meth:`complete_run` decides.
 
         Every end is checked before any is applied: a status that is not
-        terminal (or no status at all) raises ``ValueError`` and none of the
-        batch is recorded. The default checks the statuses, then calls
+        terminal (or no status at all) raises ``ValueError``, a naive ``now``
+        :class:`~pjcore.exceptions.InvalidArgument`, and none of the batch is
+        recorded. The default checks the statuses, then calls
         :meth:`complete_run` once per end; a store error ends the batch
         (ends applied before it stay applied).
 
@@ -361,6 +367,7 @@ class JobStore(metaclass=ABCMeta):
         """
         for end in ends:
             terminal_status(end["status"])
+            as_aware_utc(end.get("now"))
         return [self.complete_run(**end) for end in ends]
 
     def complete_and_claim(
@@ -579,3 +586,12 @@ class Scheduler(metaclass=ABCMeta):
     def diagnostics(self) -> dict:
         """``running``, ``active_run_ids``, ``tick_count``, ``last_tick_at``,
         ``next_wake_at`` and backend-specific extras."""
+
+
+def _check_claims(claims: Sequence[Mapping[str, Any]]) -> None:
+    """The instants of every claim, checked before any claim applies
+    (claim_slots' default): naive or not a datetime raises."""
+    for claim in claims:
+        as_aware_utc(claim.get("now"))
+        for key in ("expected", "run_slot", "next_run_at", "lease_until"):
+            optional_aware_utc(claim.get(key))

@@ -600,6 +600,31 @@ class JobStoreContract:
         assert store.get_job(c.id).missed_count == 2 and store.get_job(c.id).next_run_at == nxt
         assert store.claim_slots([]) == []
 
+    @pytest.mark.parametrize("bad", [
+        {"next_run_at": datetime(2026, 1, 15, 11, 0)},  # naive
+        {"run_slot": "10:45"},
+        {"lease_until": datetime(2026, 1, 15, 10, 46)},  # naive
+        {"now": None},
+        {"now": None, "run_slot": None, "missed": 1},  # a pointer move alone
+    ])
+    def test_a_bad_claim_in_a_batch_is_refused_before_any_claim_applies(self, store, bad):
+        jobs = self.seed(store, declaration("a", EVERY_15), declaration("b", EVERY_15))
+        a, b = jobs["a"], jobs["b"]
+        slot = a.next_run_at
+
+        def claim(job, **kw):
+            return {"job_id": job.id, "expected": slot, "run_slot": slot,
+                    "next_run_at": slot + timedelta(minutes=15), "now": slot, "owner": "me",
+                    "lease_until": slot + timedelta(minutes=1), **kw}
+
+        for call in (lambda: store.claim_slots([claim(a), claim(b, **bad)], start=1),
+                     lambda: store.complete_and_claim([], [claim(a), claim(b, **bad)]),
+                     lambda: store.claim_slot(**claim(b, **bad))):
+            with pytest.raises((ValueError, TypeError)):
+                call()
+            assert store.get_job(a.id) == a and store.get_job(b.id) == b
+            assert store.list_runs(plugin_id=PLUGIN).runs == ()
+
     def test_claim_slots_records_the_first_start_runs_running(self, store):
         jobs = self.seed(store, *[declaration(k, EVERY_15) for k in "abcd"])
         a, b, c, d = (jobs[k] for k in "abcd")
