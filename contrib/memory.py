@@ -302,6 +302,7 @@ class MemoryJobStore(BaseJobStore):
         owner: str | None = None,
         lease_until: datetime | None = None,
     ) -> bool:
+        now, lease_until = as_aware_utc(now), optional_aware_utc(lease_until)
         with self._open():
             run = self._runs.get(run_id)
             if run is None or run.status is not RunStatus.queued:
@@ -330,7 +331,7 @@ class MemoryJobStore(BaseJobStore):
         error: str | None = None,
         error_detail: str | None = None,
     ) -> bool:
-        status = self.terminal_status(status)
+        status, now = self.terminal_status(status), as_aware_utc(now)
         with self._open():
             run = self._runs.get(run_id)
             if run is None or run.status not in NON_TERMINAL:
@@ -341,6 +342,7 @@ class MemoryJobStore(BaseJobStore):
     def renew_leases(
         self, owner: str, run_ids: Sequence[str], *, lease_until: datetime, now: datetime
     ) -> list[str]:
+        lease_until, now = as_aware_utc(lease_until), as_aware_utc(now)
         renewed = []
         with self._open():
             for run_id in run_ids:
@@ -408,6 +410,7 @@ class MemoryJobStore(BaseJobStore):
         now: datetime,
         job_id: str | None = None,
     ) -> list[str]:
+        now = as_aware_utc(now)
         with self._open():
             victims = [
                 r

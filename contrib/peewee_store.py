@@ -404,6 +404,12 @@ def _us(value: datetime | None) -> int | None:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def _req(value: datetime) -> int:
+    """:func:`_us` for an instant a call must give: ``None`` is refused (as
+    anything else that is not an aware datetime) instead of written as NULL."""
+    return _us(as_aware_utc(value))
+
+
 class _Micros(dict):
     """:func:`_us` remembered for one batch: the claims of a round share
     their instants (now, the lease, the slot, the next pointer)."""
@@ -1240,7 +1246,7 @@ class PeeweeJobStore(BaseJobStore):
                 paused_by=PausedBy.operator.value,
                 status_reason=reason,
                 next_run_at=None,
-                updated_at=_us(now),
+                updated_at=_req(now),
             ).where(J.id == job_id).execute()
             if not changed:
                 raise JobLookupError(job_id)
@@ -1281,7 +1287,7 @@ class PeeweeJobStore(BaseJobStore):
         now: datetime,
     ) -> bool:
         J = self._Job
-        values: dict[str, Any] = {"next_run_at": _us(next_run_at), "updated_at": _us(now)}
+        values: dict[str, Any] = {"next_run_at": _us(next_run_at), "updated_at": _req(now)}
         if last_run_at is not None:
             values["last_run_at"] = _us(last_run_at)
         same = J.next_run_at.is_null() if expected is None else J.next_run_at == _us(expected)
@@ -1297,7 +1303,7 @@ class PeeweeJobStore(BaseJobStore):
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidArgument(f"limit must be a positive integer, not {limit!r}")
         if plugin_ids is None:
-            rows = self._exec(self._sql.get(("due", None)), (_us(now), limit)).fetchall()
+            rows = self._exec(self._sql.get(("due", None)), (_req(now), limit)).fetchall()
             return [_job_tuple(r) for r in rows]
         ids = list(plugin_ids)
         out: list[Job] = []
@@ -1306,7 +1312,7 @@ class PeeweeJobStore(BaseJobStore):
         for chunk in _chunks(ids, _PLUGIN_CHUNK):
             stmt = self._sql.get(("due", len(chunk)))
             out += [_job_tuple(r) for r in
-                    self._exec(stmt, (_us(now), *chunk, limit)).fetchall()]
+                    self._exec(stmt, (_req(now), *chunk, limit)).fetchall()]
         if len(ids) > _PLUGIN_CHUNK:
             out.sort(key=lambda j: (j.next_run_at, j.id))
         return out[:limit]
@@ -1336,7 +1342,7 @@ class PeeweeJobStore(BaseJobStore):
         owner: str | None = None,
         lease_until: datetime | None = None,
     ) -> Claim:
-        as_aware_utc(now)  # required: None would only fail the write, read as a refusal
+        _req(now)  # None would only fail the write, and be taken for a refusal
         if not self._claimable(job_id, _us(expected), _us(run_slot)):
             return Claim(applied=False)
         try:
@@ -1374,9 +1380,9 @@ class PeeweeJobStore(BaseJobStore):
         # job ids are distinct by now)
         us = _Micros()
         expected = {c["job_id"]: us[c.get("expected")] for c in claims}
-        for c in claims:  # None converts to None below: a claim's own instant is required
+        for c in claims:  # a claim's own instant is required (None would convert to NULL)
             if us[c.get("now")] is None:
-                as_aware_utc(c.get("now"))  # raises, naming what it got
+                _req(c.get("now"))
         results: list[Claim | None] = [None] * len(claims)
         if not self._pg and not end_args and self._others_wrote():
             # The first look, as claim_slot's, but one statement for the
@@ -1640,7 +1646,7 @@ class PeeweeJobStore(BaseJobStore):
     ) -> bool:
         with self._writer():
             cursor = self._exec(self._sql.mark_running,
-                                (_us(now), owner, _us(lease_until), run_id))
+                                (_req(now), owner, _us(lease_until), run_id))
         return cursor.rowcount == 1
 
     @_operation
@@ -1652,9 +1658,9 @@ class PeeweeJobStore(BaseJobStore):
         owner: str | None = None,
         lease_until: datetime | None = None,
     ) -> list[bool]:
+        now_us, until_us = _req(now), _us(lease_until)
         if not run_ids:
             return []
-        now_us, until_us = _us(now), _us(lease_until)
         if not _RETURNING and not self._pg:
             return self._each_applies(self._sql.mark_running,
                                       [(now_us, owner, until_us, run_id) for run_id in run_ids],
@@ -1723,7 +1729,7 @@ class PeeweeJobStore(BaseJobStore):
         error: str | None = None,
         error_detail: str | None = None,
     ) -> bool:
-        now_us = _us(now)
+        now_us = _req(now)
         args = (terminal_status(status).value, now_us, self._text(error),
                 self._text(error_detail), run_id)
         with self._writer():
@@ -1745,10 +1751,10 @@ class PeeweeJobStore(BaseJobStore):
     def _end_args(self, ends: Sequence[Any]) -> list[tuple[Any, ...]]:
         """complete's arguments for each of *ends*, checked (before any write)."""
         if self._pg:
-            return [(_terminal_value(e["status"]), _us(e["now"]), self._text(e.get("error")),
+            return [(_terminal_value(e["status"]), _req(e["now"]), self._text(e.get("error")),
                      self._text(e.get("error_detail")), e["run_id"]) for e in ends]
         # SQLite text takes any string (see _text)
-        return [(_terminal_value(e["status"]), _us(e["now"]), e.get("error"),
+        return [(_terminal_value(e["status"]), _req(e["now"]), e.get("error"),
                  e.get("error_detail"), e["run_id"]) for e in ends]
 
     def _complete_rows(self, args: list[tuple[Any, ...]]) -> list[bool]:
@@ -1787,20 +1793,22 @@ class PeeweeJobStore(BaseJobStore):
         self, owner: str, run_ids: Sequence[str], *, lease_until: datetime, now: datetime
     ) -> list[str]:
         R = self._Run
+        until_us = _req(lease_until)
+        _req(now)
         renewed: list[str] = []
         with self._write():
             for chunk in _chunks(list(run_ids)):
                 mine = R.id.in_(chunk) & (R.owner == owner) & R.status.in_(_NON_TERMINAL)
                 ids = [i for (i,) in self._lock(R.select(R.id).where(mine)).tuples()]
                 if ids:
-                    R.update(lease_until=_us(lease_until)).where(R.id.in_(ids)).execute()
+                    R.update(lease_until=until_us).where(R.id.in_(ids)).execute()
                 renewed += ids
         return renewed
 
     @_operation
     def abandon_runs(self, *, now: datetime, owner: str | None = None) -> list[JobRun]:
         R = self._Run
-        now_us = _us(now)
+        now_us = _req(now)
         where = R.status.in_(_NON_TERMINAL)
         if owner is not None:
             where &= R.owner == owner
@@ -1864,7 +1872,7 @@ class PeeweeJobStore(BaseJobStore):
         where = (R.plugin_id == plugin_id) & R.status.in_(_NON_TERMINAL)
         if job_id is not None:
             where &= R.job == job_id
-        values = self._finish(_us(now), RunStatus.cancelled, reason)
+        values = self._finish(_req(now), RunStatus.cancelled, reason)
         with self._write():
             query = self._lock(R.select(R.id).where(where).order_by(R.created_at, R.id))
             ids = [run_id for (run_id,) in query.tuples()]
@@ -1886,12 +1894,13 @@ class PeeweeJobStore(BaseJobStore):
             isinstance(keep_per_job, bool) or not isinstance(keep_per_job, int) or keep_per_job < 0
         ):
             raise InvalidArgument(f"keep_per_job must be a non-negative integer, not {keep_per_job!r}")
+        now_us = _req(now)
         R = self._Run
         terminal = R.status.in_(_TERMINAL)
         deleted = 0
         with self._write():
             if max_age is not None:
-                cutoff = _us(now) - max_age // timedelta(microseconds=1)
+                cutoff = now_us - max_age // timedelta(microseconds=1)
                 deleted += R.delete().where(terminal & (R.created_at < cutoff)).execute()
             if keep_per_job is not None:
                 rank = pw.fn.ROW_NUMBER().over(

@@ -32,7 +32,11 @@ class JobStore(metaclass=ABCMeta):
 
     * Every instant given to or returned by a store is timezone-aware; stores
       return UTC. Every method that writes takes ``now``, the instant the
-      caller's clock reads, so schedulers can run on an injected clock.
+      caller's clock reads, so schedulers can run on an injected clock. An
+      instant that is naive raises
+      :class:`~pjcore.exceptions.InvalidArgument`, one that is no datetime
+      (``None`` where an instant is required included) ``TypeError``; either
+      before anything is written (``pjcore.testing`` tries every method).
     * Each method is atomic: it applies completely or not at all, and a
       concurrent caller (another thread, another process on the same
       database) never sees half of it.

@@ -600,6 +600,51 @@ class JobStoreContract:
         assert store.get_job(c.id).missed_count == 2 and store.get_job(c.id).next_run_at == nxt
         assert store.claim_slots([]) == []
 
+    #: store calls with an instant to check: (name, call with the instant *v*)
+    INSTANT_CALLS = [
+        ("claim_slot now", lambda s, a, b, run, v: s.claim_slot(
+            b.id, expected=b.next_run_at, run_slot=None, next_run_at=b.next_run_at, now=v)),
+        ("claim_slot next_run_at", lambda s, a, b, run, v: s.claim_slot(
+            b.id, expected=b.next_run_at, run_slot=None, next_run_at=v or "x", now=T0)),
+        ("set_next_run now", lambda s, a, b, run, v: s.set_next_run(
+            b.id, expected=b.next_run_at, next_run_at=b.next_run_at, now=v)),
+        ("pause_job now", lambda s, a, b, run, v: s.pause_job(b.id, now=v)),
+        ("resume_job now", lambda s, a, b, run, v: s.resume_job(b.id, now=v)),
+        ("due_jobs now", lambda s, a, b, run, v: s.due_jobs(v)),
+        ("create_run now", lambda s, a, b, run, v: s.create_run(b.id, trigger="manual", now=v)),
+        ("mark_running now", lambda s, a, b, run, v: s.mark_running(run.id, now=v)),
+        ("mark_runs_running now", lambda s, a, b, run, v: s.mark_runs_running([run.id], now=v)),
+        ("complete_run now", lambda s, a, b, run, v: s.complete_run(
+            run.id, status="failed", now=v)),
+        ("complete_runs now", lambda s, a, b, run, v: s.complete_runs(
+            [{"run_id": run.id, "status": "failed", "now": v}])),
+        ("renew_leases lease_until", lambda s, a, b, run, v: s.renew_leases(
+            "me", [run.id], lease_until=v, now=T0)),
+        ("renew_leases now", lambda s, a, b, run, v: s.renew_leases(
+            "me", [run.id], lease_until=at(5), now=v)),
+        ("abandon_runs now", lambda s, a, b, run, v: s.abandon_runs(now=v)),
+        ("cancel_runs now", lambda s, a, b, run, v: s.cancel_runs(PLUGIN, reason="x", now=v)),
+        ("prune_runs now", lambda s, a, b, run, v: s.prune_runs(now=v, max_age=timedelta(0))),
+    ]
+
+    @pytest.mark.parametrize("value", [None, datetime(2026, 1, 15, 10, 31), "10:31"],
+                             ids=["none", "naive", "str"])
+    @pytest.mark.parametrize("name, call", INSTANT_CALLS, ids=[n for n, _ in INSTANT_CALLS])
+    def test_a_bad_instant_is_refused_and_nothing_changes(self, store, name, call, value):
+        jobs = self.seed(store, declaration("a", EVERY_15), declaration("b", EVERY_15))
+        run = store.create_run(jobs["a"].id, trigger="manual", now=T0, owner="me",
+                               lease_until=at(1))
+        self.run(store, jobs["a"], T0, "succeeded")  # something prune_runs could delete
+
+        def state():
+            return (store.list_jobs(PLUGIN),
+                    store.list_runs(plugin_id=PLUGIN, limit=100).runs)
+
+        before = state()
+        with pytest.raises((ValueError, TypeError)):
+            call(store, jobs["a"], jobs["b"], run, value)
+        assert state() == before, name
+
     @pytest.mark.parametrize("bad", [
         {"next_run_at": datetime(2026, 1, 15, 11, 0)},  # naive
         {"run_slot": "10:45"},
