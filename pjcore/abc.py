@@ -362,8 +362,8 @@ class JobStore(metaclass=ABCMeta):
         Every end is checked before any is applied: a status that is not
         terminal (or no status at all) raises ``ValueError``, a naive ``now``
         :class:`~pjcore.exceptions.InvalidArgument`, and none of the batch is
-        recorded. The default checks the statuses, then calls
-        :meth:`complete_run` once per end; a store error ends the batch
+        recorded. The default checks every end's status and ``now``, then
+        calls :meth:`complete_run` once per end; a store error ends the batch
         (ends applied before it stay applied).
 
         :raises ValueError: an end's status is not terminal.
