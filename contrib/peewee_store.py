@@ -1625,15 +1625,13 @@ class PeeweeJobStore(BaseJobStore):
     def _insert_run(self, run: JobRun) -> None:
         self._exec(self._sql.insert_run, self._run_row(run))
 
-    def _run_row(self, run: JobRun, us: Any = None) -> tuple[Any, ...]:
-        """*run* as a row of _RUN_COLUMNS; *us* converts its instants (a
-        batch's _Micros, which has most of them already)."""
-        us = _us if us is None else us.__getitem__
+    def _run_row(self, run: JobRun) -> tuple[Any, ...]:
+        """*run* as a row of _RUN_COLUMNS."""
         return (run.id, run.job_id, run.plugin_id, run.job_key, run.trigger.value,
-                run.status.value, us(run.scheduled_for), us(run.created_at),
-                us(run.started_at), us(run.finished_at), run.duration_ms,
+                run.status.value, _us(run.scheduled_for), _us(run.created_at),
+                _us(run.started_at), _us(run.finished_at), run.duration_ms,
                 self._text(run.error), self._text(run.error_detail), run.owner,
-                us(run.lease_until), run.attempt)
+                _us(run.lease_until), run.attempt)
 
     @_operation
     def mark_running(
@@ -1730,7 +1728,7 @@ class PeeweeJobStore(BaseJobStore):
         error_detail: str | None = None,
     ) -> bool:
         now_us = _req(now)
-        args = (terminal_status(status).value, now_us, self._text(error),
+        args = (_terminal_value(status), now_us, self._text(error),
                 self._text(error_detail), run_id)
         with self._writer():
             cursor = self._exec(self._complete_for([args]), args)

@@ -115,6 +115,20 @@ class Env:
         self.handlers[(key, job_key)] = handler
         return handler
 
+    def run_due_together(self, count: int, hold: Callable[[], Any]) -> Concurrency:
+        """*count* every-minute jobs sharing one handler that does *hold*,
+        run by the started loop from their slot at 10:31 until every one has
+        run and settled; the handler, with its peak concurrency."""
+        self.load(*[decl(f"j{i}", "* * * * *") for i in range(count)])
+        handler = Concurrency(hold)
+        for i in range(count):
+            self.handle(f"j{i}", handler)
+        self.scheduler.start()
+        self.clock.set(hm(10, 31))
+        wait_for(lambda: len(handler.done) == count, what="every job run")
+        self.settle()
+        return handler
+
     # -- observation --
 
     def job(self, job_key: str, plugin: str = PLUGIN):
@@ -1885,15 +1899,8 @@ def test_the_loop_records_a_round_s_ends_with_its_next_claims(store_class, tmp_p
     env = Env(counting(store_class)(*args), max_concurrent=3, max_workers=6,
               lease_seconds=6 * 3600)  # no lease renewal in the way
     try:
-        env.load(*[decl(f"j{i}", "* * * * *") for i in range(12)])
-        # long enough for a round to come in between
-        handler = Concurrency(lambda: time.sleep(0.01))
-        for i in range(12):
-            env.handle(f"j{i}", handler)
-        env.scheduler.start()
-        env.clock.set(hm(10, 31))
-        wait_for(lambda: len(handler.done) == 12, what="every job run")
-        env.settle()
+        # each run long enough for a round to come in between
+        handler = env.run_due_together(12, lambda: time.sleep(0.01))
         runs = env.runs()
         assert len(runs) == 12 and {r.status for r in runs} == {RunStatus.succeeded}
         assert all(r.scheduled_for == hm(10, 31) for r in runs)
@@ -2044,14 +2051,7 @@ def test_a_store_without_start_gets_a_round_s_ends_on_their_own():
 
     env = Env(Older(), max_concurrent=2, max_workers=4, lease_seconds=6 * 3600)
     try:
-        env.load(*[decl(f"j{i}", "* * * * *") for i in range(8)])
-        handler = Concurrency(lambda: time.sleep(0.005))
-        for i in range(8):
-            env.handle(f"j{i}", handler)
-        env.scheduler.start()
-        env.clock.set(hm(10, 31))
-        wait_for(lambda: len(handler.done) == 8, what="every job run")
-        env.settle()
+        handler = env.run_due_together(8, lambda: time.sleep(0.005))
         assert sorted(r.status.value for r in env.runs()) == ["succeeded"] * 8
         assert handler.peak <= 2
     finally:
