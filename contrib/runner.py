@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import queue
 import threading
 import traceback
 import weakref
+from collections import deque
 from concurrent.futures import Future, wait
 from typing import Any, Callable
 
@@ -63,6 +63,25 @@ def _resolved(outcome: Outcome) -> "Future[Outcome]":
     return future
 
 
+class _Pool:
+    """The calls and threads of a runner between a start and a stop. Under
+    the runner's lock."""
+
+    __slots__ = ("calls", "parked", "searching", "threads", "closing")
+
+    def __init__(self) -> None:
+        #: (future, handler, context) of calls no thread has taken yet
+        self.calls: deque[tuple[Future, Callable[..., Any], JobContext]] = deque()
+        #: the wake-up locks of threads waiting for a call, the latest last
+        self.parked: list[threading.Lock] = []
+        #: threads awake and not in a call: each looks at ``calls`` before
+        #: it waits, so a call submitted meanwhile needs no other thread
+        self.searching = 0
+        self.threads: list[threading.Thread] = []
+        #: stopped: threads leave once ``calls`` is empty
+        self.closing = False
+
+
 class ThreadRunner(Runner):
     """Runs each handler call on one of up to *max_workers* threads.
 
@@ -73,17 +92,21 @@ class ThreadRunner(Runner):
     Threads are started as calls need them and kept. Like
     :class:`~concurrent.futures.ThreadPoolExecutor`'s, they are not daemons:
     at interpreter exit, calls already submitted still run and the
-    interpreter waits for them. One future per call and a plain queue (no
-    executor work items and futures besides): a burst of short handlers
-    spends its time in them, not in the handoff.
+    interpreter waits for them.
+
+    A call wakes a waiting thread only when no thread is awake to take it,
+    and a thread that takes a call wakes the next one if more calls wait:
+    calls that block each get a thread of their own at once (a wake-up
+    apart), while a burst of short calls runs on the few threads already
+    awake instead of waking one thread per call (and passing the GIL
+    around as often).
     """
 
     def __init__(self, max_workers: int = 10) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise ConfigurationError(f"max_workers must be a positive integer, not {max_workers!r}")
         self.max_workers = max_workers
-        self._queue: queue.SimpleQueue | None = None
-        self._threads: list[threading.Thread] = []
+        self._pool: _Pool | None = None
         self._capacity = max_workers
         self._stopped = False
         self._lock = threading.Lock()
@@ -92,17 +115,21 @@ class ThreadRunner(Runner):
     def __repr__(self) -> str:
         return f"ThreadRunner(max_workers={self.max_workers})"
 
+    @property
+    def _threads(self) -> list[threading.Thread]:
+        return [] if self._pool is None else self._pool.threads
+
     def start(self) -> None:
         with self._lock:
             self._stopped = False
-            self._ensure_queue()
+            self._ensure_pool()
 
-    def _ensure_queue(self) -> queue.SimpleQueue:
-        if self._queue is None:
-            self._queue, self._threads = queue.SimpleQueue(), []
+    def _ensure_pool(self) -> _Pool:
+        if self._pool is None:
+            self._pool = _Pool()
             self._capacity = self.max_workers  # threads it may have
             _LIVE.add(self)
-        return self._queue
+        return self._pool
 
     def submit(self, handler: Callable[..., Any], context: JobContext) -> "Future[Outcome]":
         future: Future[Outcome] = Future()
@@ -112,36 +139,42 @@ class ThreadRunner(Runner):
                 return _resolved(Outcome("cancelled", "the runner is stopped"))
             if _exiting:
                 return _resolved(Outcome("cancelled", "the interpreter is exiting"))
-            work = self._ensure_queue()
-            # a thread per call in flight, up to max_workers
-            if len(self._threads) < min(self.max_workers, len(self._inflight) + 1):
-                thread = threading.Thread(target=_worker, args=(self, work), daemon=False,
-                                          name=f"pjcore-run_{len(self._threads)}")
-                try:
-                    thread.start()
-                except RuntimeError as exc:  # interpreter shutting down, or no threads left
-                    if not self._threads:
-                        return _resolved(Outcome("cancelled",
-                                                 f"the runner cannot start work: {exc}"))
-                    # the call waits for one of the threads there are: none
-                    # of the others counts as idle (see idle_workers)
-                    self._capacity = len(self._threads)
-                else:
-                    self._threads.append(thread)
+            pool = self._ensure_pool()
+            wake = self._summon(pool)
+            if wake is _NO_THREAD:
+                return _resolved(Outcome("cancelled", "the runner cannot start work: "
+                                                      "no thread can be started"))
             self._inflight.add(future)
-            work.put((future, handler, context))
+            pool.calls.append((future, handler, context))
+        if wake is not None:
+            wake.release()
         return future
 
-    def _work(self, future: "Future[Outcome]", handler: Callable[..., Any],
-              context: JobContext) -> None:
+    def _summon(self, pool: _Pool) -> Any:
+        """A thread to take the next call, unless one is awake already: the
+        wake-up lock of a waiting thread (the caller releases it after the
+        runner's lock), None (one is awake, or was started, or none may be),
+        or _NO_THREAD when the pool has no thread and none can be started.
+        Under the lock."""
+        if pool.searching:
+            return None
+        if pool.parked:
+            pool.searching += 1  # counted now: the next call needs no other
+            return pool.parked.pop()
+        if len(pool.threads) >= self._capacity:
+            return None  # every thread is in a call: the next one free takes it
+        thread = threading.Thread(target=_worker, args=(self, pool), daemon=False,
+                                  name=f"pjcore-run_{len(pool.threads)}")
         try:
-            if future.set_running_or_notify_cancel():
-                # the caller's done callbacks run here, on this worker
-                future.set_result(call_handler(handler, context))
-        finally:
-            # only now is the worker free again (see idle_workers)
-            with self._lock:
-                self._inflight.discard(future)
+            thread.start()
+        except RuntimeError:  # interpreter shutting down, or no threads left
+            # the calls wait for the threads there are: none of the others
+            # counts as idle (see idle_workers)
+            self._capacity = len(pool.threads)
+            return None if pool.threads else _NO_THREAD
+        pool.threads.append(thread)
+        pool.searching += 1
+        return None
 
     def idle_workers(self) -> int:
         # A call counts from submit() until its done callbacks have run on
@@ -164,23 +197,66 @@ class ThreadRunner(Runner):
         return not not_done
 
     def _close(self) -> list[threading.Thread]:
-        """Let the threads go once the calls queued so far have run (one
-        end marker per thread, behind them); the threads. Under the lock."""
-        work, threads = self._queue, self._threads
-        self._queue, self._threads = None, []
-        if work is not None:
-            for _ in threads:
-                work.put(None)
-        return threads
+        """Let the threads go once the calls submitted so far have run; the
+        threads. Under the lock."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return []
+        pool.closing = True
+        parked, pool.parked = pool.parked, []
+        pool.searching += len(parked)
+        for wake in parked:
+            wake.release()
+        return pool.threads
 
 
-def _worker(runner: ThreadRunner, work: queue.SimpleQueue) -> None:
+#: _summon's answer when a call could get no thread at all
+_NO_THREAD = object()
+
+
+def _worker(runner: ThreadRunner, pool: _Pool) -> None:
+    """A pool thread: takes calls until the pool closes. Counted searching
+    by whoever started or woke it."""
+    wake = threading.Lock()
+    wake.acquire()
+    lock, inflight = runner._lock, runner._inflight
+    finished: Future | None = None
     while True:
-        item = work.get()
-        if item is None:
-            return
-        runner._work(*item)
-        del item  # not kept alive (the context, the handler) while waiting
+        summoned = None
+        with lock:
+            if finished is not None:
+                # only now is the worker free again (see idle_workers)
+                inflight.discard(finished)
+                pool.searching += 1
+                finished = None
+            if pool.calls:
+                future, handler, context = pool.calls.popleft()
+                pool.searching -= 1
+                if pool.calls:  # the next call gets a thread too
+                    summoned = runner._summon(pool)
+            elif pool.closing:
+                pool.searching -= 1
+                return
+            else:
+                pool.parked.append(wake)
+                pool.searching -= 1
+                future = None
+        if summoned is not None and summoned is not _NO_THREAD:
+            summoned.release()
+        if future is None:
+            wake.acquire()  # until summoned, or the pool closes
+            continue
+        try:
+            if future.set_running_or_notify_cancel():
+                # the caller's done callbacks run here, on this worker
+                future.set_result(call_handler(handler, context))
+        except BaseException:
+            with lock:
+                inflight.discard(future)
+            raise
+        finished = future
+        # not kept alive (the context, the handler) while waiting
+        del future, handler, context
 
 
 #: runners that may have threads; at interpreter exit their queued calls run

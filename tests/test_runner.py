@@ -419,7 +419,12 @@ def test_threads_are_started_as_calls_need_them():
         gate = threading.Event()
         futures = [runner.submit(lambda ctx: gate.wait(5), make_context(f"s{i}"))
                    for i in range(5)]
-        assert len(runner._threads) == 3  # never more than max_workers
+        # each call that blocks gets a thread, the one taking it starting
+        # the next: never more than max_workers
+        wait_for(lambda: len(runner._threads) == 3, 5, "a thread for each call up to the cap")
+        time.sleep(0.05)
+        assert len(runner._threads) == 3
+        assert sum(f.running() for f in futures) == 3
         gate.set()
         assert [f.result(5).status for f in futures] == ["succeeded"] * 5
     finally:
