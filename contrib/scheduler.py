@@ -1081,7 +1081,10 @@ class ThreadScheduler(Scheduler):
 
     def _ends_recorded(self, batch: list[_InFlight], applied: list[bool]) -> None:
         """The store took *batch*'s ends (*applied*: whether each applied):
-        free their jobs and announce them."""
+        free their jobs and announce them. :meth:`_recorded` and
+        :meth:`_release` for the batch, under the lock once for all: every
+        job of the batch is free before the first announcement, and every
+        entry leaves _inflight after the last."""
         listening = self._listens("run_finished")
         for entry, done in zip(batch, applied):
             status, error, detail, ended_at = entry.queued_end
@@ -1099,10 +1102,41 @@ class ThreadScheduler(Scheduler):
                     started_at=entry.started_at, finished_at=ended_at,
                     duration_ms=duration_ms(entry.started_at, ended_at),
                     owner=self.owner, lease_until=entry.lease_until, attempt=run.attempt)
-            with self._lock:
-                entry.queued_end = None
-            self._recorded(entry, done)
-            self._release(entry)
+        released: list[_InFlight] = []
+        early: list[_InFlight] = []
+        busy = self._busy
+        with self._lock:
+            for entry, done in zip(batch, applied):
+                entry.queued_end = entry.unrecorded = None
+                # as _recorded and _release do one by one
+                entry.announce = done and entry.returned
+                if not entry.returned:
+                    if done:
+                        early.append(entry)
+                    continue
+                if entry.released:
+                    continue
+                entry.released = True
+                if busy.get(entry.job.id) == entry.run_id:
+                    del busy[entry.job.id]
+                released.append(entry)
+        for entry in early:
+            self._announce_end(entry.run_id, entry.job)
+        if not released:
+            return
+        for entry in released:
+            if entry.announce:
+                # a final run is built only for a listener (see above)
+                self._announce_end(entry.run_id, entry.job, entry.final,
+                                   listening=True if entry.final is not None else None)
+        with self._lock:
+            inflight = self._inflight
+            for entry in released:
+                inflight.pop(entry.run_id, None)
+            if self._stopping:  # only stop() waits for the runs to drain
+                self._drained.notify_all()
+        if threading.get_ident() != self._loop_ident:
+            self.wake()
 
     def _flush_records(self) -> None:
         """Retry the ends the store refused, oldest first. Never raises: a

@@ -22,7 +22,7 @@ from pjcore.coordinator import Coordinator
 from pjcore.exceptions import ConfigurationError, InvalidArgument, JobLookupError, PjError
 from pjcore.manifest import Manifest
 from pjcore.models import Job, JobRun, JobStatus, RunPage, RunStatus, RunTrigger
-from pjcore.plugins import PluginManager, make_plugin_manager, notify
+from pjcore.plugins import PluginManager, listeners, make_plugin_manager, notify
 
 __all__ = ["Host"]
 
@@ -72,7 +72,7 @@ class _Notifier:
         notify(self._pm, hook_name, **kwargs)
 
     def has_listeners(self, hook_name: str) -> bool:
-        return bool(getattr(self._pm.hook, hook_name).get_hookimpls())
+        return bool(listeners(self._pm, hook_name))
 
 
 class Host:

@@ -166,7 +166,9 @@ def _seconds(value: Any, *, field: str, job: str | None) -> float | None:
     return float(value)
 
 
-@attrs.frozen(kw_only=True)
+# the hash is cached: the scheduler keys its slot plans by the policy, for
+# every due job of a round
+@attrs.frozen(kw_only=True, cache_hash=True)
 class JobPolicy:
     """Per-job execution policies; every field has a safe default.
 

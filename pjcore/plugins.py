@@ -6,7 +6,7 @@ import importlib
 import importlib.metadata
 import os
 import threading
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import attrs
 import pluggy
@@ -69,21 +69,53 @@ class PluginManager(pluggy.PluginManager):
         self._backends: BackendRegistry | None = None
         self._handlers: HandlerRegistry | None = None
         self._manifests: dict[str, tuple[Manifest, str]] | None = None
+        #: per notification hook, its impls as notify() calls them
+        self._listeners: dict[str, tuple[_Listener, ...]] = {}
         # one collection at a time: runner threads resolving handlers at
         # once after a registration would otherwise each run every hook
         self._registries_lock = threading.RLock()
 
-    # Registries are collected lazily and dropped whenever the set of plugins
-    # changes, so a plugin registered after the build is seen as well.
+    # Registries are collected lazily and dropped whenever a plugin that
+    # implements their hook comes or goes, so a plugin registered after the
+    # build is seen as well; one that registers nothing there (an observer,
+    # the Host's coordinator) leaves them be.
     def register(self, plugin: Any, name: str | None = None) -> str | None:
         with self._registries_lock:
-            self._backends = self._handlers = self._manifests = None
-            return super().register(plugin, name)
+            try:
+                return super().register(plugin, name)
+            finally:
+                self._registered_changed(plugin)
 
     def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
         with self._registries_lock:
-            self._backends = self._handlers = self._manifests = None
-            return super().unregister(plugin, name)
+            if plugin is None and name is not None:
+                plugin = self.get_plugin(name)
+            self._registered_changed(plugin)
+            try:
+                return super().unregister(plugin, name)
+            finally:
+                self._registered_changed(plugin)
+
+    def _registered_changed(self, plugin: Any) -> None:
+        """*plugin* comes or goes: drop what was collected from its hooks."""
+        try:
+            hooks = {caller.name for caller in self.get_hookcallers(plugin) or ()}
+        except Exception:  # not (or no longer) registered: drop them all
+            hooks = {"register_backends", "register_job_handlers", "register_manifests"}
+        if "register_backends" in hooks:
+            self._backends = None
+        if "register_job_handlers" in hooks:
+            self._handlers = None
+        if "register_manifests" in hooks:
+            self._manifests = None
+        # a notify() racing the change may have cached the impls as they were
+        self._listeners = {}
+
+    def add_hookspecs(self, module_or_class: Any) -> None:
+        try:
+            super().add_hookspecs(module_or_class)
+        finally:
+            self._listeners = {}  # impls registered before their spec join it now
 
     @property
     def backends(self) -> BackendRegistry:
@@ -315,12 +347,37 @@ def make_plugin_manager(
     return pm
 
 
+@attrs.frozen
+class _Listener:
+    """A notification hook impl: what notify() needs of it, read once."""
+
+    function: Callable[..., Any]
+    argnames: frozenset[str]
+    plugin_name: str
+
+
+def listeners(pm: pluggy.PluginManager, hook_name: str) -> tuple[_Listener, ...]:
+    """The impls of *hook_name*, in call order. pjcore's manager keeps them
+    until a plugin is registered or unregistered: the scheduler notifies
+    for every run, and pluggy copies its impl list on every look."""
+    cache = getattr(pm, "_listeners", None)
+    found = None if cache is None else cache.get(hook_name)
+    if found is None:
+        found = tuple(_Listener(impl.function, frozenset(impl.argnames), impl.plugin_name)
+                      for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()))
+        if cache is not None:
+            cache[hook_name] = found
+    return found
+
+
 def notify(pm: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> None:
     """Call a notification hook impl by impl; an exception is logged, not raised."""
-    caller = getattr(pm.hook, hook_name)
-    for impl in reversed(caller.get_hookimpls()):
+    for impl in listeners(pm, hook_name):
         try:
-            impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+            if impl.argnames.issuperset(kwargs):
+                impl.function(**kwargs)
+            else:
+                impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
         except Exception:
             logger.exception(
                 "pjcore hook {hook} of plugin {plugin} raised; ignored",

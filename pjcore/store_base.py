@@ -232,6 +232,7 @@ def check_limit(limit: int) -> int:
     return limit
 
 
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 def duration_ms(started_at: datetime | None, now: datetime) -> int | None:
@@ -239,7 +240,7 @@ def duration_ms(started_at: datetime | None, now: datetime) -> int | None:
         return None
     # whole milliseconds, truncated, in integer arithmetic (as the SQL
     # stores compute it): a float product could land a millisecond short
-    return max(0, (now - started_at) // timedelta(milliseconds=1))
+    return max(0, (now - started_at) // _MILLISECOND)
 
 
 def redact_url(url: str) -> str:

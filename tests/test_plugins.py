@@ -297,6 +297,27 @@ class TestRegistries:
         assert pm.handlers.get("late", "job").func is print
         pm.unregister(plugin)
         assert "late" not in pm.backends.names("store")
+        pm.unregister(name="late_jobs")
+        assert pm.handlers.find("late", "job") is None
+
+    def test_a_plugin_that_registers_nothing_keeps_the_registries(self):
+        # an observer (or the Host's coordinator) coming or going must not
+        # make the first run after it collect every handler again
+        collected = []
+
+        def register_job_handlers(register):
+            collected.append(1)
+            register("acme", "job", print)
+
+        pm = build(make_plugin("jobs", register_job_handlers=register_job_handlers))
+        assert pm.handlers.get("acme", "job").func is print and collected == [1]
+        observer = make_plugin("observer", run_finished=lambda run, job: None)
+        pm.register(observer)
+        pm.unregister(observer)
+        pm.set_blocked("observer")
+        assert pm.handlers.get("acme", "job").func is print and collected == [1]
+        pm.register(handlers_plugin("more", ("acme", "other", len)))
+        assert pm.handlers.get("acme", "other").func is len and collected == [1, 1]
 
     def test_a_raising_registration_hook_names_its_plugin(self):
         def register_backends(register):
@@ -354,6 +375,20 @@ class TestNotify:
         assert len(errors) == 1
         assert "run_finished" in errors[0] and "obs_middle" in errors[0]
         assert errors[0].record["exception"].type is RuntimeError
+
+    def test_observers_registered_or_unregistered_later_are_seen(self):
+        # notify() keeps each hook's impls between registrations
+        calls = []
+        pm = build(make_plugin("obs_early", run_finished=lambda run: calls.append("early")))
+        notify(pm, "run_finished", run=1, job=2)
+        late = make_plugin("obs_late", run_finished=lambda run, job: calls.append("late"))
+        pm.register(late, name="obs_late")
+        notify(pm, "run_finished", run=1, job=2)
+        pm.unregister(name="obs_early")
+        notify(pm, "run_finished", run=1, job=2)
+        pm.set_blocked("obs_late")
+        notify(pm, "run_finished", run=1, job=2)
+        assert calls == ["early", "late", "early", "late"]
 
     def test_a_plain_hook_call_would_stop_at_the_raising_observer(self):
         """Why notify() exists: pluggy re-raises and skips the remaining impls."""
