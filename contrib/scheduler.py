@@ -266,6 +266,9 @@ class ThreadScheduler(Scheduler):
         self._record_lock = threading.Lock()
         # handlers' outcomes for the loop to record, a round's worth at once
         self._end_queue: list[_InFlight] = []
+        #: an entry may hold an end the store refused (see _flush_records):
+        #: set with it, cleared once none does, so rounds skip the search
+        self._unrecorded_seen = False
         # held from reading the runner's idle workers until the runs started
         # for them are submitted (see _dispatch_many). Re-entrant: a run that
         # ended before its done callback was added announces its end in the
@@ -429,7 +432,8 @@ class ThreadScheduler(Scheduler):
             # is later than now + timeout: wake by then at the latest
             candidates = [e.deadline if e.deadline is not None else now + timedelta(
                 seconds=e.timeout) for e in live if e.timeout]
-            unrecorded = any(e.unrecorded is not None for e in self._inflight.values())
+            unrecorded = self._unrecorded_seen and any(
+                e.unrecorded is not None for e in self._inflight.values())
             if (live or unrecorded) and self._renew_at is not None:
                 candidates.append(self._renew_at)
             if self._end_queue:
@@ -979,6 +983,7 @@ class ThreadScheduler(Scheduler):
                            job=entry.job.job_key, status=status.value, error=exc)
             with self._lock:
                 entry.unrecorded = (status, error, detail, now)
+                self._unrecorded_seen = True
             self.wake()  # the loop retries it
             return
         except Exception:
@@ -1072,6 +1077,7 @@ class ThreadScheduler(Scheduler):
                                status=status.value, error=exc)
                 with self._lock:
                     entry.unrecorded, entry.queued_end = entry.queued_end, None
+                    self._unrecorded_seen = True
             return
         for entry in batch:
             with self._lock:
@@ -1142,9 +1148,13 @@ class ThreadScheduler(Scheduler):
         """Retry the ends the store refused, oldest first. Never raises: a
         store still down leaves them for the next attempt (the tick's own
         store calls report the outage)."""
+        if not self._unrecorded_seen:  # read without the lock: a writer wakes the loop
+            return
         with self._record_lock:
             with self._lock:
                 pending = [e for e in self._inflight.values() if e.unrecorded is not None]
+                if not pending:
+                    self._unrecorded_seen = False
             for entry in pending:
                 status, error, detail, ended_at = entry.unrecorded
                 try:
