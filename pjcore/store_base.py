@@ -220,10 +220,24 @@ def to_micros(value: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+#: instants by their microseconds, shared: rows read together tend to hold
+#: the same few (a burst's jobs share one pointer, a sync's rows one update
+#: time), and a datetime is immutable and caches its hash (slot plans are
+#: keyed by the pointer)
+_INSTANTS: dict[int, datetime] = {}
+_INSTANTS_MAX = 4096
+
+
 def from_micros(value: int | None) -> datetime | None:
     if value is None:
         return None
-    return _EPOCH + timedelta(microseconds=value)
+    instant = _INSTANTS.get(value)
+    if instant is None:
+        instant = _EPOCH + timedelta(0, 0, value)
+        if len(_INSTANTS) >= _INSTANTS_MAX:
+            _INSTANTS.clear()  # bounded; dict operations are atomic under the GIL
+        _INSTANTS[value] = instant
+    return instant
 
 
 def check_limit(limit: int) -> int:
