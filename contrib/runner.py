@@ -67,9 +67,11 @@ class _Pool:
     """The calls and threads of a runner between a start and a stop. Under
     the runner's lock."""
 
-    __slots__ = ("calls", "parked", "searching", "threads", "closing")
+    __slots__ = ("runner", "calls", "parked", "searching", "threads", "wakes", "capacity",
+                 "closing")
 
-    def __init__(self) -> None:
+    def __init__(self, runner: ThreadRunner, capacity: int) -> None:
+        self.runner = runner
         #: (future, handler, context) of calls no thread has taken yet
         self.calls: deque[tuple[Future, Callable[..., Any], JobContext]] = deque()
         #: the wake-up locks of threads waiting for a call, the latest last
@@ -78,6 +80,10 @@ class _Pool:
         #: it waits, so a call submitted meanwhile needs no other thread
         self.searching = 0
         self.threads: list[threading.Thread] = []
+        #: every thread's wake-up lock, parked or not (see ThreadRunner._close)
+        self.wakes: list[threading.Lock] = []
+        #: threads it may have: max_workers, or fewer once one failed to start
+        self.capacity = capacity
         #: stopped: threads leave once ``calls`` is empty
         self.closing = False
 
@@ -107,7 +113,6 @@ class ThreadRunner(Runner):
             raise ConfigurationError(f"max_workers must be a positive integer, not {max_workers!r}")
         self.max_workers = max_workers
         self._pool: _Pool | None = None
-        self._capacity = max_workers
         self._stopped = False
         self._lock = threading.Lock()
         self._inflight: set[Future] = set()
@@ -126,8 +131,7 @@ class ThreadRunner(Runner):
 
     def _ensure_pool(self) -> _Pool:
         if self._pool is None:
-            self._pool = _Pool()
-            self._capacity = self.max_workers  # threads it may have
+            self._pool = _Pool(self, self.max_workers)
             _LIVE.add(self)
         return self._pool
 
@@ -140,41 +144,12 @@ class ThreadRunner(Runner):
             if _exiting:
                 return _resolved(Outcome("cancelled", "the interpreter is exiting"))
             pool = self._ensure_pool()
-            wake = self._summon(pool)
-            if wake is _NO_THREAD:
+            if not _summon(pool):
                 return _resolved(Outcome("cancelled", "the runner cannot start work: "
                                                       "no thread can be started"))
             self._inflight.add(future)
             pool.calls.append((future, handler, context))
-        if wake is not None:
-            wake.release()
         return future
-
-    def _summon(self, pool: _Pool) -> Any:
-        """A thread to take the next call, unless one is awake already: the
-        wake-up lock of a waiting thread (the caller releases it after the
-        runner's lock), None (one is awake, or was started, or none may be),
-        or _NO_THREAD when the pool has no thread and none can be started.
-        Under the lock."""
-        if pool.searching:
-            return None
-        if pool.parked:
-            pool.searching += 1  # counted now: the next call needs no other
-            return pool.parked.pop()
-        if len(pool.threads) >= self._capacity:
-            return None  # every thread is in a call: the next one free takes it
-        thread = threading.Thread(target=_worker, args=(self, pool), daemon=False,
-                                  name=f"pjcore-run_{len(pool.threads)}")
-        try:
-            thread.start()
-        except RuntimeError:  # interpreter shutting down, or no threads left
-            # the calls wait for the threads there are: none of the others
-            # counts as idle (see idle_workers)
-            self._capacity = len(pool.threads)
-            return None if pool.threads else _NO_THREAD
-        pool.threads.append(thread)
-        pool.searching += 1
-        return None
 
     def idle_workers(self) -> int:
         # A call counts from submit() until its done callbacks have run on
@@ -182,7 +157,8 @@ class ThreadRunner(Runner):
         with self._lock:
             if self._stopped or _exiting:
                 return 0
-            return max(0, self._capacity - len(self._inflight))
+            capacity = self.max_workers if self._pool is None else self._pool.capacity
+            return max(0, capacity - len(self._inflight))
 
     def stop(self, timeout: float | None = None) -> bool:
         with self._lock:
@@ -203,26 +179,54 @@ class ThreadRunner(Runner):
         if pool is None:
             return []
         pool.closing = True
-        parked, pool.parked = pool.parked, []
-        pool.searching += len(parked)
-        for wake in parked:
-            wake.release()
+        # Every thread, not only the parked ones: one whose wake-up was lost
+        # (an exception between taking it off the parked list and waking
+        # it) must not keep the interpreter from exiting.
+        for wake in pool.wakes:
+            try:
+                wake.release()
+            except RuntimeError:  # already released: the thread is awake
+                pass
         return pool.threads
 
 
-#: _summon's answer when a call could get no thread at all
-_NO_THREAD = object()
-
-
-def _worker(runner: ThreadRunner, pool: _Pool) -> None:
-    """A pool thread: takes calls until the pool closes. Counted searching
-    by whoever started or woke it."""
+def _summon(pool: _Pool) -> bool:
+    """Make sure a thread will take the next call: one awake already, a
+    waiting one woken, or a new one started. False only when the pool has
+    no thread and none can be started. Under the runner's lock (waking a
+    thread never blocks)."""
+    if pool.searching:
+        return True
+    if pool.parked:
+        pool.searching += 1  # counted now: the next call needs no other
+        pool.parked.pop().release()
+        return True
+    if len(pool.threads) >= pool.capacity:
+        return True  # every thread is in a call: the next one free takes it
     wake = threading.Lock()
     wake.acquire()
+    thread = threading.Thread(target=_worker, args=(pool, wake), daemon=False,
+                              name=f"pjcore-run_{len(pool.threads)}")
+    try:
+        thread.start()
+    except RuntimeError:  # interpreter shutting down, or no threads left
+        # the calls wait for the threads there are: none of the others
+        # counts as idle (see idle_workers)
+        pool.capacity = len(pool.threads)
+        return bool(pool.threads)
+    pool.threads.append(thread)
+    pool.wakes.append(wake)
+    pool.searching += 1
+    return True
+
+
+def _worker(pool: _Pool, wake: threading.Lock) -> None:
+    """A pool thread: takes calls until the pool closes. Counted searching
+    by whoever started or woke it; *wake* is released to wake it."""
+    runner = pool.runner
     lock, inflight = runner._lock, runner._inflight
     finished: Future | None = None
     while True:
-        summoned = None
         with lock:
             if finished is not None:
                 # only now is the worker free again (see idle_workers)
@@ -233,16 +237,13 @@ def _worker(runner: ThreadRunner, pool: _Pool) -> None:
                 future, handler, context = pool.calls.popleft()
                 pool.searching -= 1
                 if pool.calls:  # the next call gets a thread too
-                    summoned = runner._summon(pool)
+                    _summon(pool)
             elif pool.closing:
-                pool.searching -= 1
                 return
             else:
                 pool.parked.append(wake)
                 pool.searching -= 1
                 future = None
-        if summoned is not None and summoned is not _NO_THREAD:
-            summoned.release()
         if future is None:
             wake.acquire()  # until summoned, or the pool closes
             continue
@@ -251,8 +252,15 @@ def _worker(runner: ThreadRunner, pool: _Pool) -> None:
                 # the caller's done callbacks run here, on this worker
                 future.set_result(call_handler(handler, context))
         except BaseException:
+            # A done callback raised past the future (a BaseException):
+            # this thread ends, so it no longer counts, and another takes
+            # the calls that wait.
             with lock:
                 inflight.discard(future)
+                pool.threads.remove(threading.current_thread())
+                pool.wakes.remove(wake)
+                if pool.calls:
+                    _summon(pool)
             raise
         finished = future
         # not kept alive (the context, the handler) while waiting

@@ -1130,17 +1130,20 @@ class ThreadScheduler(Scheduler):
             self._announce_end(entry.run_id, entry.job)
         if not released:
             return
-        for entry in released:
-            if entry.announce:
-                # a final run is built only for a listener (see above)
-                self._announce_end(entry.run_id, entry.job, entry.final,
-                                   listening=True if entry.final is not None else None)
-        with self._lock:
-            inflight = self._inflight
+        try:
             for entry in released:
-                inflight.pop(entry.run_id, None)
-            if self._stopping:  # only stop() waits for the runs to drain
-                self._drained.notify_all()
+                if entry.announce:
+                    # a final run is built only for a listener (see above)
+                    self._announce_end(entry.run_id, entry.job, entry.final,
+                                       listening=True if entry.final is not None else None)
+        finally:
+            # even if a notify callable raised: the places are free
+            with self._lock:
+                inflight = self._inflight
+                for entry in released:
+                    inflight.pop(entry.run_id, None)
+                if self._stopping:  # only stop() waits for the runs to drain
+                    self._drained.notify_all()
         if threading.get_ident() != self._loop_ident:
             self.wake()
 

@@ -84,24 +84,25 @@ class PluginManager(pluggy.PluginManager):
             try:
                 return super().register(plugin, name)
             finally:
-                self._registered_changed(plugin)
+                self._drop_collected(self._hooks_of(plugin))
 
     def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
         with self._registries_lock:
             if plugin is None and name is not None:
                 plugin = self.get_plugin(name)
-            self._registered_changed(plugin)
+            hooks = self._hooks_of(plugin)
+            self._drop_collected(hooks)
             try:
                 return super().unregister(plugin, name)
             finally:
-                self._registered_changed(plugin)
+                self._drop_collected(hooks)
 
-    def _registered_changed(self, plugin: Any) -> None:
-        """*plugin* comes or goes: drop what was collected from its hooks."""
-        try:
-            hooks = {caller.name for caller in self.get_hookcallers(plugin) or ()}
-        except Exception:  # not (or no longer) registered: drop them all
-            hooks = {"register_backends", "register_job_handlers", "register_manifests"}
+    def _hooks_of(self, plugin: Any) -> set[str]:
+        """The hooks *plugin* implements here (none if it is not registered)."""
+        return {caller.name for caller in self.get_hookcallers(plugin) or ()}
+
+    def _drop_collected(self, hooks: set[str]) -> None:
+        """What was collected from *hooks* is out of date. Under the lock."""
         if "register_backends" in hooks:
             self._backends = None
         if "register_job_handlers" in hooks:
@@ -120,11 +121,15 @@ class PluginManager(pluggy.PluginManager):
     @property
     def backends(self) -> BackendRegistry:
         """Every backend registered through ``register_backends``."""
-        if self._backends is None:
-            registry = BackendRegistry()
-            self._collect("register_backends", registry.register)
-            self._backends = registry
-        return self._backends
+        registry = self._backends
+        if registry is not None:
+            return registry
+        with self._registries_lock:  # not collected while a plugin comes or goes
+            if self._backends is None:
+                registry = BackendRegistry()
+                self._collect("register_backends", registry.register)
+                self._backends = registry
+            return self._backends
 
     @property
     def handlers(self) -> HandlerRegistry:
@@ -141,6 +146,10 @@ class PluginManager(pluggy.PluginManager):
 
     def manifests(self) -> list[Manifest]:
         """Manifests declared through ``register_manifests``, ordered by key."""
+        with self._registries_lock:  # not collected while a plugin comes or goes
+            return self._collected_manifests()
+
+    def _collected_manifests(self) -> list[Manifest]:
         if self._manifests is None:
             found: dict[str, tuple[Manifest, str]] = {}
 

@@ -451,3 +451,104 @@ def test_when_no_more_threads_start_calls_wait_and_no_worker_counts_idle(monkeyp
     finally:
         gate.set()
         runner.stop(5)
+
+
+# -- waking threads ------------------------------------------------------------------
+
+
+def warm(runner: ThreadRunner, threads: int) -> None:
+    """Give *runner* that many threads, all waiting for work again."""
+    gate = threading.Event()
+    futures = [runner.submit(lambda ctx: gate.wait(5), make_context(f"warm{i}"))
+               for i in range(threads)]
+    wait_for(lambda: sum(f.running() for f in futures) == threads, 5, "every thread busy")
+    gate.set()
+    for future in futures:
+        future.result(5)
+    wait_for(lambda: runner.idle_workers() == runner.max_workers, 5, "the threads free")
+    wait_for(lambda: len(runner._pool.parked) == threads, 5, "the threads waiting")
+
+
+def test_blocking_calls_wake_one_waiting_thread_each():
+    # a thread that takes a call wakes the next one before it runs it
+    runner = ThreadRunner(max_workers=3)
+    try:
+        warm(runner, 3)
+        gate = threading.Event()
+        futures = [runner.submit(lambda ctx: gate.wait(5), make_context(f"b{i}"))
+                   for i in range(3)]
+        wait_for(lambda: sum(f.running() for f in futures) == 3, 5, "all three running")
+        assert len(runner._threads) == 3  # the waiting ones, no new thread
+        gate.set()
+        assert [f.result(5).status for f in futures] == ["succeeded"] * 3
+    finally:
+        runner.stop(5)
+
+
+def test_a_done_callback_may_submit_again():
+    runner = ThreadRunner(max_workers=1)
+    second: list = []
+    try:
+        first = runner.submit(lambda ctx: None, make_context("a"))
+        first.add_done_callback(
+            lambda f: second.append(runner.submit(lambda ctx: None, make_context("b"))))
+        wait_for(lambda: second, 5, "the second call submitted")
+        assert second[0].result(5).status == "succeeded"
+    finally:
+        runner.stop(5)
+
+
+def test_stop_lets_waiting_threads_go_and_start_gives_a_new_pool():
+    runner = ThreadRunner(max_workers=2)
+    gate = threading.Event()
+    warm(runner, 2)
+    old_threads = list(runner._threads)
+    slow = runner.submit(lambda ctx: gate.wait(5), make_context("slow"))
+    wait_for(slow.running, 5, "the slow call running")
+    assert runner.stop(timeout=0) is False
+    runner.start()  # while the old pool still drains its slow call
+    try:
+        assert runner.submit(lambda ctx: None, make_context("new")).result(5).status == "succeeded"
+        assert not slow.done()
+        gate.set()
+        assert slow.result(5).status == "succeeded"
+        for thread in old_threads:
+            thread.join(5)
+            assert not thread.is_alive()
+    finally:
+        gate.set()
+        runner.stop(5)
+
+
+def test_stop_wakes_a_thread_whose_wake_up_was_lost():
+    # An exception between taking a waiting thread off the list and waking
+    # it (KeyboardInterrupt in submit) would leave it asleep: stop() wakes
+    # every thread of the pool, so the interpreter can still exit.
+    runner = ThreadRunner(max_workers=1)
+    warm(runner, 1)
+    (thread,) = runner._threads
+    with runner._lock:
+        pool = runner._pool
+        pool.parked.pop()  # taken, never released
+        pool.searching += 1
+    assert runner.stop(5) is True
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_thread_ended_by_its_done_callback_is_replaced():
+    # concurrent.futures lets a BaseException out of a done callback: that
+    # thread ends, and the next call gets another one
+    runner = ThreadRunner(max_workers=1)
+    try:
+        gate = threading.Event()
+        first = runner.submit(lambda ctx: gate.wait(5), make_context("a"))
+        first.add_done_callback(lambda f: (_ for _ in ()).throw(SystemExit("callback")))
+        queued = runner.submit(lambda ctx: None, make_context("b"))
+        gate.set()
+        assert queued.result(5).status == "succeeded"
+        wait_for(lambda: runner.idle_workers() == 1, 5, "the place free again")
+        assert runner.submit(lambda ctx: None, make_context("c")).result(5).status == "succeeded"
+    finally:
+        runner.stop(5)

@@ -1616,6 +1616,37 @@ def test_announcements_are_skipped_when_nobody_listens(listening):
         runner.stop()
 
 
+def test_a_raising_notify_leaves_no_run_holding_a_place():
+    # A notify callable passed straight to the scheduler is not wrapped like
+    # the Host's: if it raises while the loop announces a round's ends, the
+    # runs must still leave the in-flight table (and free their places).
+    store = MemoryJobStore()
+    clock = ManualClock(T0)
+    runner = ThreadRunner(max_workers=3)
+
+    def notify(name, run, job):
+        if name == "run_finished":
+            raise RuntimeError("observer down")
+
+    scheduler = ThreadScheduler(store=store, runner=runner, clock=clock, notify=notify,
+                                max_concurrent=3,
+                                resolve=lambda plugin_key, job_key: (lambda ctx: None))
+    try:
+        store.sync_jobs(PLUGIN, KEY, [decl(f"j{i}", "* * * * *") for i in range(3)],
+                        now=clock.now())
+        scheduler.register_plugin(PLUGIN, KEY)
+        scheduler.start()
+        clock.set(hm(10, 31))
+        wait_for(lambda: [r.status for r in store.list_runs(plugin_id=PLUGIN).runs]
+                 == [RunStatus.succeeded] * 3, 5, "the three runs recorded")
+        wait_for(lambda: not scheduler.diagnostics()["active_run_ids"], 5, "places free")
+    finally:
+        started = time.monotonic()
+        scheduler.stop(5)
+        assert time.monotonic() - started < 2  # nothing left to drain
+        runner.stop()
+
+
 # -- runs the loop marks running itself -------------------------------------------
 
 
