@@ -536,17 +536,21 @@ def test_stop_wakes_a_thread_whose_wake_up_was_lost():
     assert not thread.is_alive()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_thread_ended_by_its_done_callback_is_replaced():
+def test_a_thread_ended_by_its_done_callback_is_replaced(monkeypatch):
     # concurrent.futures lets a BaseException out of a done callback: that
     # thread ends, and the next call gets another one
+    ended = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: ended.append(args.exc_type))
     runner = ThreadRunner(max_workers=1)
     try:
         gate = threading.Event()
         first = runner.submit(lambda ctx: gate.wait(5), make_context("a"))
+        (thread,) = runner._threads
         first.add_done_callback(lambda f: (_ for _ in ()).throw(SystemExit("callback")))
         queued = runner.submit(lambda ctx: None, make_context("b"))
         gate.set()
+        thread.join(5)
+        assert ended == [SystemExit] and thread not in runner._threads
         assert queued.result(5).status == "succeeded"
         wait_for(lambda: runner.idle_workers() == 1, 5, "the place free again")
         assert runner.submit(lambda ctx: None, make_context("c")).result(5).status == "succeeded"
