@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import sys
 import threading
@@ -554,5 +555,41 @@ def test_a_thread_ended_by_its_done_callback_is_replaced(monkeypatch):
         assert queued.result(5).status == "succeeded"
         wait_for(lambda: runner.idle_workers() == 1, 5, "the place free again")
         assert runner.submit(lambda ctx: None, make_context("c")).result(5).status == "succeeded"
+    finally:
+        runner.stop(5)
+
+
+def test_many_submitters_short_and_blocking_calls_all_run_within_the_cap():
+    runner = ThreadRunner(max_workers=5)
+    rng = random.Random(7)
+    holds = [rng.choice([0.0, 0.0, 0.0005, 0.002]) for _ in range(400)]
+    handler = Concurrency(lambda: None)
+    futures: list = []
+    lock = threading.Lock()
+
+    def submitter(offset: int) -> None:
+        for i in range(offset, len(holds), 4):
+            hold = holds[i]
+            future = runner.submit(lambda ctx, hold=hold: (time.sleep(hold), handler(ctx)),
+                                   make_context(f"r{i}"))
+            with lock:
+                futures.append(future)
+
+    try:
+        threads = [threading.Thread(target=submitter, args=(k,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert [f.result(10).status for f in futures] == ["succeeded"] * 400
+        assert len(handler.done) == 400 and handler.peak <= 5 and len(runner._threads) <= 5
+        wait_for(lambda: runner.idle_workers() == 5, 5, "every place free")
+        # afterwards, calls that block still each get a thread at once
+        gate = threading.Event()
+        blocked = [runner.submit(lambda ctx: gate.wait(5), make_context(f"b{i}"))
+                   for i in range(5)]
+        wait_for(lambda: sum(f.running() for f in blocked) == 5, 5, "all five running")
+        gate.set()
+        assert [f.result(5).status for f in blocked] == ["succeeded"] * 5
     finally:
         runner.stop(5)
