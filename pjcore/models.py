@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 
@@ -105,6 +105,11 @@ def as_aware_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidArgument(f"naive datetime {value!r}: pjcore needs timezone-aware instants")
     return value.astimezone(timezone.utc)
+
+
+def is_utc(value: Any) -> bool:
+    """Whether *value* is already what :func:`as_aware_utc` makes of it."""
+    return value.__class__ is datetime and value.tzinfo is timezone.utc
 
 
 def optional_aware_utc(value: datetime | None) -> datetime | None:
@@ -208,3 +213,27 @@ class SyncResult:
     paused: tuple[str, ...] = ()
     reactivated: tuple[str, ...] = ()
     unchanged: tuple[str, ...] = ()
+
+
+def _stored_as_is(cls: type) -> Callable[..., Any]:
+    """A constructor of the frozen attrs class *cls* that takes every field
+    positionally, in declaration order, and stores each as it is: no
+    converter, no keyword matching, no ``object.__setattr__`` per field.
+    About 1 us instead of 2.8 for a :class:`JobRun`, which a burst builds
+    twice per run. Only for values already in the form the converters give
+    (enum members, timezone-aware UTC datetimes): pjcore's own hot paths
+    check that before they use it, and fall back to the class otherwise."""
+    names = [field.name for field in attrs.fields(cls)]
+    setters = {f"_set_{name}": cls.__dict__[name].__set__ for name in names}
+    source = (f"def build({', '.join(names)}):\n    self = _new(_cls)\n"
+              + "".join(f"    _set_{name}(self, {name})\n" for name in names)
+              + "    return self\n")
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls, **setters}
+    exec(source, namespace)  # noqa: S102 (field names of our own classes only)
+    return namespace["build"]
+
+
+#: Job(...) from every field in order, stored as is (see _stored_as_is)
+job_as_is = _stored_as_is(Job)
+#: JobRun(...) from every field in order, stored as is (see _stored_as_is)
+run_as_is = _stored_as_is(JobRun)

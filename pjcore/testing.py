@@ -1311,6 +1311,27 @@ class JobStoreContract:
             assert (stored.created_at, stored.scheduled_for) == (at(15), hm(10, 45))
             assert stored.duration_ms == 60_000
 
+        # a claim's run, built from the claim's own instants
+        job = self.seed(store, declaration("claimed"), plugin=OTHER, key="other")["claimed"]
+
+        def claim(job: Job, start: int) -> JobRun:
+            (result,) = store.claim_slots([{
+                "job_id": job.id, "expected": job.next_run_at,
+                "run_slot": job.next_run_at.astimezone(tokyo),
+                "next_run_at": (job.next_run_at + timedelta(minutes=15)).astimezone(new_york),
+                "now": at(15).astimezone(tokyo), "owner": "me",
+                "lease_until": at(45).astimezone(new_york)}], start=start)
+            return result.run
+
+        started = claim(job, 1)  # written running
+        store.complete_runs([{"run_id": started.id, "status": "succeeded", "now": at(16)}])
+        queued = claim(store.get_job(job.id), 0)
+        for run in (started, queued):
+            for value in (run.created_at, run.scheduled_for, run.lease_until):
+                assert_utc(value)
+        assert_utc(started.started_at)
+        assert queued.started_at is None and queued.status is RunStatus.queued
+
     # -- lifecycle -------------------------------------------------------------
 
     def test_close_is_idempotent_and_final(self, store):
