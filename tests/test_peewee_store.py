@@ -112,6 +112,31 @@ def _drop_pg_tables(url: str, prefixes) -> None:
 # -- isolation -------------------------------------------------------------------
 
 
+def test_job_rows_are_read_in_the_field_order_of_job():
+    # rows become Jobs field by field, positionally (see _build_job)
+    import attrs
+
+    from pjcore.models import Job, JobStatus, PausedBy
+
+    assert list(peewee_store._JOB_COLUMNS) == [f.name for f in attrs.fields(Job)]
+    row = ("j1", "p1", "acme", "sync", "Sync", None, "* * * * *", "UTC", "{}", "paused",
+           "operator", "why", 2, None, 1_000_000, 2_000_000, 3_000_000)
+    job = peewee_store._build_job(row)
+    assert (job.status, job.paused_by, job.missed_count) == (JobStatus.paused,
+                                                             PausedBy.operator, 2)
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    assert (job.next_run_at, job.last_run_at, job.created_at, job.updated_at) == (
+        None, epoch + timedelta(seconds=1), epoch + timedelta(seconds=2),
+        epoch + timedelta(seconds=3))
+    assert job == Job(**{**dict(zip(peewee_store._JOB_COLUMNS, row)),
+                         "policy": peewee_store._policy("{}"), "status": "paused",
+                         "paused_by": "operator", "last_run_at": job.last_run_at,
+                         "created_at": job.created_at, "updated_at": job.updated_at})
+    # a value the converters refuse still raises, as before
+    with pytest.raises(ValueError):
+        peewee_store._build_job(row[:9] + ("no such status",) + row[10:])
+
+
 def test_two_sqlite_stores_in_one_process_are_independent(tmp_path):
     one = PeeweeJobStore(f"sqlite:///{tmp_path / 'one.db'}")
     two = PeeweeJobStore(f"sqlite:///{tmp_path / 'two.db'}")
