@@ -224,6 +224,9 @@ def _stored_as_is(cls: type) -> Callable[..., Any]:
     (enum members, timezone-aware UTC datetimes): pjcore's own hot paths
     check that before they use it, and fall back to the class otherwise."""
     names = [field.name for field in attrs.fields(cls)]
+    if {"self", "_new", "_cls"} & set(names) or not all(name in cls.__dict__ for name in names):
+        # a clash with the generated code's own names, or an inherited slot
+        raise TypeError(f"{cls.__name__} cannot be built as is")
     setters = {f"_set_{name}": cls.__dict__[name].__set__ for name in names}
     source = (f"def build({', '.join(names)}):\n    self = _new(_cls)\n"
               + "".join(f"    _set_{name}(self, {name})\n" for name in names)

@@ -1311,26 +1311,29 @@ class JobStoreContract:
             assert (stored.created_at, stored.scheduled_for) == (at(15), hm(10, 45))
             assert stored.duration_ms == 60_000
 
-        # a claim's run, built from the claim's own instants
+        # a claim's run, built from the claim's own instants, in UTC or not
         job = self.seed(store, declaration("claimed"), plugin=OTHER, key="other")["claimed"]
-
-        def claim(job: Job, start: int) -> JobRun:
+        utc = timezone.utc
+        for zone, start in ((tokyo, 1), (utc, 1), (new_york, 0), (utc, 0)):
+            slot = job.next_run_at
             (result,) = store.claim_slots([{
-                "job_id": job.id, "expected": job.next_run_at,
-                "run_slot": job.next_run_at.astimezone(tokyo),
-                "next_run_at": (job.next_run_at + timedelta(minutes=15)).astimezone(new_york),
-                "now": at(15).astimezone(tokyo), "owner": "me",
-                "lease_until": at(45).astimezone(new_york)}], start=start)
-            return result.run
-
-        started = claim(job, 1)  # written running
-        store.complete_runs([{"run_id": started.id, "status": "succeeded", "now": at(16)}])
-        queued = claim(store.get_job(job.id), 0)
-        for run in (started, queued):
+                "job_id": job.id, "expected": slot, "run_slot": slot.astimezone(zone),
+                "next_run_at": (slot + timedelta(minutes=15)).astimezone(zone),
+                "now": at(15).astimezone(zone), "owner": "me",
+                "lease_until": at(45).astimezone(zone)}], start=start)
+            run = result.run
             for value in (run.created_at, run.scheduled_for, run.lease_until):
                 assert_utc(value)
-        assert_utc(started.started_at)
-        assert queued.started_at is None and queued.status is RunStatus.queued
+            assert (run.scheduled_for, run.created_at, run.lease_until, run.owner) == (
+                slot, at(15), at(45), "me")
+            if start:
+                assert_utc(run.started_at)
+                assert (run.status, run.started_at) == (RunStatus.running, at(15))
+            else:
+                assert (run.status, run.started_at) == (RunStatus.queued, None)
+            assert run == store.get_run(run.id)  # what the store holds, field by field
+            store.complete_runs([{"run_id": run.id, "status": "succeeded", "now": at(16)}])
+            job = store.get_job(job.id)
 
     # -- lifecycle -------------------------------------------------------------
 

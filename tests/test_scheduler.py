@@ -1616,6 +1616,43 @@ def test_announcements_are_skipped_when_nobody_listens(listening):
         runner.stop()
 
 
+class ZonedClock(ManualClock):
+    """A ManualClock that tells the time in another zone (an injected clock
+    need not answer in UTC)."""
+
+    def __init__(self, zone: str) -> None:
+        from zoneinfo import ZoneInfo
+
+        super().__init__(T0)
+        self._zone = ZoneInfo(zone)
+
+    def now(self) -> datetime:
+        return super().now().astimezone(self._zone)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Tokyo"])
+def test_announced_ends_are_the_runs_as_stored(env_factory, zone):
+    # The loop builds each announced run from what it knows, not reading it
+    # back: field by field what the store holds, with a clock in UTC (built
+    # as is) or in another zone (converted).
+    env = env_factory(clock=ManualClock(T0) if zone == "UTC" else ZonedClock(zone))
+    env.load(*[decl(f"j{i}", "* * * * *") for i in range(6)])
+    for i in range(6):  # each run takes a second of the clock
+        env.handle(f"j{i}", lambda ctx: env.clock.advance(1))
+    env.scheduler.start()
+    env.clock.set(hm(10, 31))
+    finished = lambda: [run for name, run, _ in env.events if name == "run_finished"]
+    wait_for(lambda: len(finished()) == 6, what="six runs announced")
+    env.settle()
+    for run in finished():
+        stored = env.store.get_run(run.id)
+        assert (run.status, run.scheduled_for) == (RunStatus.succeeded, hm(10, 31))
+        assert run.finished_at.tzinfo is timezone.utc and run.duration_ms >= 1000
+        assert run.started_at < run.finished_at
+        fields = [f.name for f in stored.__attrs_attrs__]
+        assert [getattr(run, f) for f in fields] == [getattr(stored, f) for f in fields]
+
+
 def test_a_raising_notify_leaves_no_run_holding_a_place():
     # A notify callable passed straight to the scheduler is not wrapped like
     # the Host's: if it raises while the loop announces a round's ends, the
