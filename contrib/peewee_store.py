@@ -51,9 +51,8 @@ from pjcore.models import (
     RunTrigger,
     SyncResult,
     as_aware_utc,
-    is_utc,
-    job_as_is,
-    run_as_is,
+    new_job,
+    new_run,
 )
 from pjcore.store_base import (
     _EPOCH,
@@ -573,44 +572,26 @@ def _job_tuple(row: Sequence[Any]) -> Job:
 
 #: a stored status -> its member (the model's converter then has nothing to do)
 _JOB_STATUSES = {s.value: s for s in JobStatus}
-#: a lookup's answer when the key is not there (None is a value here)
-_UNKNOWN = object()
-#: the same for ``paused_by``; None stays None
-_PAUSED_BY: dict[str | None, PausedBy | None] = {None: None, **{p.value: p for p in PausedBy}}
 
 
 def _build_job(row: Sequence[Any]) -> Job:
     (id_, plugin_id, plugin_key, job_key, display_name, description, schedule, tz, policy,
      status, paused_by, status_reason, missed_count, next_run_at, last_run_at, created_at,
      updated_at) = row
-    member, paused = _JOB_STATUSES.get(status), _PAUSED_BY.get(paused_by, _UNKNOWN)
-    if member is not None and paused is not _UNKNOWN and created_at is not None \
-            and updated_at is not None:
-        # every value in the form Job's converters give (the instants are
-        # UTC): stored as is, in Job's field order (that of _JOB_COLUMNS)
-        return job_as_is(id_, plugin_id, plugin_key, job_key, display_name, description,
-                         schedule, tz, _policy(policy), member, paused, status_reason,
-                         missed_count, from_micros(next_run_at), from_micros(last_run_at),
-                         from_micros(created_at), from_micros(updated_at))
-    # a value the converters refuse: let them say so
-    return Job(id=id_, plugin_id=plugin_id, plugin_key=plugin_key, job_key=job_key,
-               display_name=display_name, description=description, schedule=schedule,
-               timezone=tz, policy=_policy(policy), status=_JOB_STATUSES.get(status, status),
-               paused_by=paused_by,
-               status_reason=status_reason, missed_count=missed_count,
-               next_run_at=from_micros(next_run_at), last_run_at=from_micros(last_run_at),
-               created_at=from_micros(created_at), updated_at=from_micros(updated_at))
+    # Job's fields in order (that of _JOB_COLUMNS)
+    return new_job(id_, plugin_id, plugin_key, job_key, display_name, description, schedule, tz,
+                   _policy(policy), _JOB_STATUSES.get(status, status), paused_by, status_reason,
+                   missed_count, from_micros(next_run_at), from_micros(last_run_at),
+                   from_micros(created_at), from_micros(updated_at))
 
 
 def _run_tuple(row: Sequence[Any]) -> JobRun:
     (id_, job_id, plugin_id, job_key, trigger, status, scheduled_for, created_at, started_at,
      finished_at, duration_ms, error, error_detail, owner, lease_until, attempt) = row
-    return JobRun(id=id_, job_id=job_id, plugin_id=plugin_id, job_key=job_key, trigger=trigger,
-                  status=status, scheduled_for=from_micros(scheduled_for),
-                  created_at=from_micros(created_at), started_at=from_micros(started_at),
-                  finished_at=from_micros(finished_at), duration_ms=duration_ms, error=error,
-                  error_detail=error_detail, owner=owner, lease_until=from_micros(lease_until),
-                  attempt=attempt)
+    # JobRun's fields in order (that of _RUN_COLUMNS)
+    return new_run(id_, job_id, plugin_id, job_key, trigger, status, from_micros(scheduled_for),
+                   from_micros(created_at), from_micros(started_at), from_micros(finished_at),
+                   duration_ms, error, error_detail, owner, from_micros(lease_until), attempt)
 
 
 class _NotAll(Exception):
@@ -1506,22 +1487,11 @@ class PeeweeJobStore(BaseJobStore):
                 if not (rows and any(scheduled == slot for _, scheduled in rows)):
                     started = job_id in starting
                     owner, lease_until = c.get("owner"), c.get("lease_until")
-                    run_slot = c["run_slot"]
-                    if is_utc(now) and is_utc(run_slot) and (lease_until is None
-                                                             or is_utc(lease_until)):
-                        # stored as is, in JobRun's field order
-                        run = run_as_is(
-                            new_id(), job_id, job[1], job[2], RunTrigger.schedule,
-                            RunStatus.running if started else RunStatus.queued, run_slot,
-                            now, now if started else None, None, None, None, None, owner,
-                            lease_until, 1)
-                    else:
-                        run = JobRun(
-                            id=new_id(), job_id=job_id, plugin_id=job[1], job_key=job[2],
-                            trigger=RunTrigger.schedule, scheduled_for=run_slot,
-                            status=RunStatus.running if started else RunStatus.queued,
-                            created_at=now, started_at=now if started else None,
-                            owner=owner, lease_until=lease_until)
+                    # JobRun's fields in order
+                    run = new_run(new_id(), job_id, job[1], job[2], RunTrigger.schedule,
+                                  RunStatus.running if started else RunStatus.queued,
+                                  c["run_slot"], now, now if started else None, None, None,
+                                  None, None, owner, lease_until, 1)
                     # the row of _CLAIM_RUN_COLUMNS, from the instants this
                     # batch converted already
                     inserts.append((run.id, job_id, job[1], job[2], _SCHEDULE,

@@ -37,7 +37,7 @@ from pjcore.exceptions import (
     StoreError,
 )
 from pjcore.manifest import AbandonPolicy
-from pjcore.models import Job, JobRun, JobStatus, RunStatus, RunTrigger, is_utc, run_as_is
+from pjcore.models import Job, JobRun, JobStatus, RunStatus, RunTrigger, new_run
 from pjcore.slots import plan_slots
 from pjcore.store_base import duration_ms
 
@@ -1099,23 +1099,14 @@ class ThreadScheduler(Scheduler):
                     and entry.lease_until is not None):
                 # exactly what the store now holds (an error text could
                 # come back altered by the store: those are read back);
-                # built field by field: cheaper than attrs.evolve
-                run, started, lease = entry.run, entry.started_at, entry.lease_until
-                if is_utc(started) and is_utc(ended_at) and is_utc(lease):
-                    # every field already converted: stored as is
-                    entry.final = run_as_is(
-                        run.id, run.job_id, run.plugin_id, run.job_key, run.trigger, status,
-                        run.scheduled_for, run.created_at, started, ended_at,
-                        duration_ms(started, ended_at), None, None, self.owner, lease,
-                        run.attempt)
-                else:
-                    entry.final = JobRun(
-                        id=run.id, job_id=run.job_id, plugin_id=run.plugin_id,
-                        job_key=run.job_key, trigger=run.trigger, status=status,
-                        scheduled_for=run.scheduled_for, created_at=run.created_at,
-                        started_at=started, finished_at=ended_at,
-                        duration_ms=duration_ms(started, ended_at),
-                        owner=self.owner, lease_until=lease, attempt=run.attempt)
+                # built field by field: cheaper than attrs.evolve (new_run
+                # takes JobRun's fields in order)
+                run, started = entry.run, entry.started_at
+                entry.final = new_run(
+                    run.id, run.job_id, run.plugin_id, run.job_key, run.trigger, status,
+                    run.scheduled_for, run.created_at, started, ended_at,
+                    duration_ms(started, ended_at), None, None, self.owner, entry.lease_until,
+                    run.attempt)
         released: list[_InFlight] = []
         early: list[_InFlight] = []
         busy = self._busy

@@ -1633,8 +1633,8 @@ class ZonedClock(ManualClock):
 @pytest.mark.parametrize("zone", ["UTC", "Asia/Tokyo"])
 def test_announced_ends_are_the_runs_as_stored(env_factory, zone):
     # The loop builds each announced run from what it knows, not reading it
-    # back: field by field what the store holds, with a clock in UTC (built
-    # as is) or in another zone (converted).
+    # back: field by field what the store holds, with a clock in UTC or in
+    # another zone (whose instants the run converts).
     env = env_factory(clock=ManualClock(T0) if zone == "UTC" else ZonedClock(zone))
     env.load(*[decl(f"j{i}", "* * * * *") for i in range(6)])
     for i in range(6):  # each run takes a second of the clock
