@@ -68,7 +68,7 @@ class _Pool:
     the runner's lock."""
 
     __slots__ = ("runner", "calls", "parked", "searching", "threads", "wakes", "capacity",
-                 "closing")
+                 "start_error", "closing")
 
     def __init__(self, runner: ThreadRunner, capacity: int) -> None:
         self.runner = runner
@@ -84,6 +84,8 @@ class _Pool:
         self.wakes: list[threading.Lock] = []
         #: threads it may have: max_workers, or fewer once one failed to start
         self.capacity = capacity
+        #: why the last thread that failed to start did not
+        self.start_error: RuntimeError | None = None
         #: stopped: threads leave once ``calls`` is empty
         self.closing = False
 
@@ -146,7 +148,7 @@ class ThreadRunner(Runner):
             pool = self._ensure_pool()
             if not _summon(pool):
                 return _resolved(Outcome("cancelled", "the runner cannot start work: "
-                                                      "no thread can be started"))
+                                                      f"{pool.start_error}"))
             self._inflight.add(future)
             pool.calls.append((future, handler, context))
         return future
@@ -209,10 +211,10 @@ def _summon(pool: _Pool) -> bool:
                               name=f"pjcore-run_{len(pool.threads)}")
     try:
         thread.start()
-    except RuntimeError:  # interpreter shutting down, or no threads left
+    except RuntimeError as exc:  # interpreter shutting down, or no threads left
         # the calls wait for the threads there are: none of the others
         # counts as idle (see idle_workers)
-        pool.capacity = len(pool.threads)
+        pool.capacity, pool.start_error = len(pool.threads), exc
         return bool(pool.threads)
     pool.threads.append(thread)
     pool.wakes.append(wake)

@@ -433,6 +433,17 @@ def test_threads_are_started_as_calls_need_them():
     assert runner._threads == []
 
 
+def test_a_call_no_thread_can_take_is_cancelled_and_says_why(monkeypatch):
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    runner = ThreadRunner(max_workers=2)
+    outcome = runner.submit(lambda ctx: None, make_context()).result(1)
+    assert outcome.status == "cancelled"
+    assert outcome.error == "the runner cannot start work: can't start new thread"
+    assert runner.stop(1) is True
+
+
 def test_when_no_more_threads_start_calls_wait_and_no_worker_counts_idle(monkeypatch):
     runner = ThreadRunner(max_workers=4)
     gate = threading.Event()
