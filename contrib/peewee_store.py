@@ -84,6 +84,13 @@ PG_POOL_SIZE = 10
 #: seconds an operation waits for a free pooled connection (``pool_timeout``)
 PG_POOL_TIMEOUT = 10.0
 _NON_TERMINAL = [s.value for s in NON_TERMINAL]
+#: The live statuses as literal SQL, never bound: the partial index of live
+#: runs (see _m0006_live_runs_index) serves a query only when the planner can
+#: see that the query's condition implies the index's, and a bound parameter
+#: hides its value from SQLite's planner at prepare time.
+#: (The order is the index's: a new live status needs a migration that
+#: rebuilds the index; a test checks this list against NON_TERMINAL.)
+_LIVE_SQL = pw.SQL("('queued', 'running')")
 _TERMINAL = [s.value for s in RunStatus if s.terminal]
 _CHUNK = 60  # rows or ids per statement: under 999 bound parameters (old SQLite builds)
 _JOBS_PER_INSERT = 50  # job rows per INSERT: 17 parameters each, 850 in all
@@ -173,10 +180,10 @@ def _define_models(db: pw.Database, prefix: str, postgres: bool):
 
         class Meta:
             table_name = prefix + "runs"
-            # NULL slots (manual runs) never conflict in the unique index
+            # NULL slots (manual runs) never conflict in the unique index;
+            # the runs in flight have a partial index of their own (below)
             indexes = (
                 (("job", "scheduled_for", "attempt"), True),
-                (("job", "status"), False),
                 (("plugin_id", "created_at", "id"), False),
                 (("created_at", "id"), False),
             )
@@ -188,6 +195,9 @@ def _define_models(db: pw.Database, prefix: str, postgres: bool):
         class Meta:
             table_name = prefix + "schema"
 
+    # the runs in flight alone, by job (see _m0006_live_runs_index)
+    RunRow.add_index(RunRow.index(RunRow.job, where=RunRow.status.in_(_LIVE_SQL),
+                                  name=f"{prefix}runs_live"))
     return JobRow, RunRow, SchemaRow
 
 
@@ -274,6 +284,22 @@ def _m0005_plugin_key_index(ctx: MigrationContext) -> None:
         migrate(ctx.migrator.add_index(table, ("plugin_key", "plugin_id"), False))
 
 
+def _m0006_live_runs_index(ctx: MigrationContext) -> None:
+    # The runs in flight, found by job or by lease, through an index that
+    # holds them alone: a claim's check and a lease sweep no longer read a
+    # job's history (or every run), and a run's end removes its entry
+    # instead of moving it (the (job_id, status) index it replaces held every
+    # run ever recorded).
+    from playhouse.migrate import migrate
+
+    table = ctx.table("runs")
+    indexes = {i.name: i for i in ctx.db.get_indexes(table)}
+    for index in indexes.values():
+        if not index.unique and index.columns == ["job_id", "status"]:
+            migrate(ctx.migrator.drop_index(table, index.name))
+    ctx.runs._schema.create_indexes(safe=True)  # those of the model not there yet
+
+
 #: Applied in order, each in its own transaction, and recorded by name in
 #: ``<prefix>schema``. Only ever append.
 MIGRATIONS: list[Migration] = [
@@ -282,6 +308,7 @@ MIGRATIONS: list[Migration] = [
     Migration("0003_run_attempt", _m0003_run_attempt),
     Migration("0004_due_index", _m0004_due_index),
     Migration("0005_plugin_key_index", _m0005_plugin_key_index),
+    Migration("0006_live_runs_index", _m0006_live_runs_index),
 ]
 
 
@@ -679,7 +706,7 @@ class _HotSQL:
         self._cache: dict[Any, _Prepared] = {}
         self.job_fields = [getattr(J, c) for c in _JOB_COLUMNS]
         self.run_fields = [R.job if c == "job_id" else getattr(R, c) for c in _RUN_COLUMNS]
-        live = R.status.in_(_NON_TERMINAL)
+        live = R.status.in_(_LIVE_SQL)
         self.mark_running = _Prepared(R.update({
             R.status: RunStatus.running.value, R.started_at: _arg(0), R.owner: _arg(1),
             R.lease_until: _arg(2)}).where((R.id == _arg(3)) & (R.status == RunStatus.queued.value)))
@@ -699,8 +726,12 @@ class _HotSQL:
         self.get_run = _Prepared(R.select(*self.run_fields).where(R.id == _arg(0)))
         self.insert_run = _Prepared(R.insert(
             {f: _arg(i) for i, f in enumerate(self.run_fields)}))
-        self.claim_runs = _Prepared(R.select(R.status, R.scheduled_for).where(
-            (R.job == _arg(0)) & (live | (R.scheduled_for == _arg(1)))))
+        # the job's runs in flight and its runs of the slot, each through an
+        # index of its own (a condition with OR would read the job's history)
+        self.claim_runs = _Prepared(
+            R.select(R.status, R.scheduled_for).where((R.job == _arg(0)) & live)
+            + R.select(R.status, R.scheduled_for).where(
+                (R.job == _arg(0)) & (R.scheduled_for == _arg(1))))
 
     def get(self, key: Any) -> _Prepared:
         """Statements with a variable shape, prepared on first use."""
@@ -736,12 +767,12 @@ class _HotSQL:
                 return query.for_update(skip_locked=True) if self._pg else query
             query = J.select(J.id).where(claimable)
             if idle:
-                busy = R.select(R.id).where((R.job == _arg(0)) & R.status.in_(_NON_TERMINAL))
+                busy = R.select(R.id).where((R.job == _arg(0)) & R.status.in_(_LIVE_SQL))
                 query = query.where(~pw.fn.EXISTS(busy))
             return query.limit(1)
         if kind == "look":  # claim_slots: every job's pointer and whether it is busy
             (n,) = shape
-            busy = R.select(R.id).where((R.job == J.id) & R.status.in_(_NON_TERMINAL))
+            busy = R.select(R.id).where((R.job == J.id) & R.status.in_(_LIVE_SQL))
             # the status is checked by the caller: in the WHERE clause it
             # would lead SQLite to walk every active job by the status index
             return J.select(J.id, J.next_run_at, J.status, pw.fn.EXISTS(busy)).where(
@@ -755,10 +786,13 @@ class _HotSQL:
             return query.for_update(skip_locked=True) if self._pg else query
         if kind == "runs_many":
             n, slots = shape
-            return R.select(R.job, R.status, R.scheduled_for).where(
-                R.job.in_([_arg(i) for i in range(n)])
-                & (R.status.in_(_NON_TERMINAL)
-                   | R.scheduled_for.in_([_arg(n + i) for i in range(slots)])))
+            # as claim_runs, for n jobs (a run may come twice: in flight and
+            # of the slot)
+            jobs = R.job.in_([_arg(i) for i in range(n)])
+            return (R.select(R.job, R.status, R.scheduled_for).where(
+                        jobs & R.status.in_(_LIVE_SQL))
+                    + R.select(R.job, R.status, R.scheduled_for).where(
+                        jobs & R.scheduled_for.in_([_arg(n + i) for i in range(slots)])))
         if kind == "mark_many":  # queued -> running for n runs; the ids it changed
             (n,) = shape
             return R.update({
@@ -805,7 +839,7 @@ class _HotSQL:
             return R.update({R.status: v.c.status, R.finished_at: v.c.at,
                              R.duration_ms: duration, R.error: v.c.error,
                              R.error_detail: v.c.detail}) \
-                .from_(v).where((R.id == v.c.id) & R.status.in_(_NON_TERMINAL)) \
+                .from_(v).where((R.id == v.c.id) & R.status.in_(_LIVE_SQL)) \
                 .returning(R.id)
         raise ValueError(kind)
 
@@ -1612,7 +1646,7 @@ class PeeweeJobStore(BaseJobStore):
                     mine & (R.scheduled_for == slot) & (R.attempt == attempt)
                 ).exists():
                     raise SlotAlreadyClaimed(run.job_key, run.scheduled_for)
-                if exclusive and R.select().where(mine & R.status.in_(_NON_TERMINAL)).exists():
+                if exclusive and R.select().where(mine & R.status.in_(_LIVE_SQL)).exists():
                     raise JobAlreadyRunning(run.job_key)
                 self._insert_run(run)
         except pw.IntegrityError as exc:
@@ -1794,7 +1828,7 @@ class PeeweeJobStore(BaseJobStore):
         renewed: list[str] = []
         with self._write():
             for chunk in _chunks(list(run_ids)):
-                mine = R.id.in_(chunk) & (R.owner == owner) & R.status.in_(_NON_TERMINAL)
+                mine = R.id.in_(chunk) & (R.owner == owner) & R.status.in_(_LIVE_SQL)
                 ids = [i for (i,) in self._lock(R.select(R.id).where(mine)).tuples()]
                 if ids:
                     R.update(lease_until=until_us).where(R.id.in_(ids)).execute()
@@ -1805,7 +1839,7 @@ class PeeweeJobStore(BaseJobStore):
     def abandon_runs(self, *, now: datetime, owner: str | None = None) -> list[JobRun]:
         R = self._Run
         now_us = _req(now)
-        where = R.status.in_(_NON_TERMINAL)
+        where = R.status.in_(_LIVE_SQL)
         if owner is not None:
             where &= R.owner == owner
         else:
@@ -1815,7 +1849,7 @@ class PeeweeJobStore(BaseJobStore):
             for run in rows:
                 values = self._finish(now_us, RunStatus.abandoned,
                                       f"scheduler {run.owner} stopped renewing its lease")
-                R.update(values).where((R.id == run.id) & R.status.in_(_NON_TERMINAL)).execute()
+                R.update(values).where((R.id == run.id) & R.status.in_(_LIVE_SQL)).execute()
             ids = [r.id for r in rows]
             out = []
             for chunk in _chunks(ids):
@@ -1865,7 +1899,7 @@ class PeeweeJobStore(BaseJobStore):
         job_id: str | None = None,
     ) -> list[str]:
         R = self._Run
-        where = (R.plugin_id == plugin_id) & R.status.in_(_NON_TERMINAL)
+        where = (R.plugin_id == plugin_id) & R.status.in_(_LIVE_SQL)
         if job_id is not None:
             where &= R.job == job_id
         values = self._finish(_req(now), RunStatus.cancelled, reason)
@@ -1873,7 +1907,7 @@ class PeeweeJobStore(BaseJobStore):
             query = self._lock(R.select(R.id).where(where).order_by(R.created_at, R.id))
             ids = [run_id for (run_id,) in query.tuples()]
             for chunk in _chunks(ids):
-                R.update(values).where(R.id.in_(chunk) & R.status.in_(_NON_TERMINAL)).execute()
+                R.update(values).where(R.id.in_(chunk) & R.status.in_(_LIVE_SQL)).execute()
         return ids
 
     @_operation

@@ -7,6 +7,7 @@ The general JobStore contract is checked by the shared suite
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -23,7 +24,8 @@ from playhouse.migrate import SchemaMigrator, migrate
 
 from pjcore.contrib import peewee_store
 from pjcore.contrib.peewee_store import MIGRATIONS, Migration, PeeweeJobStore
-from pjcore.exceptions import ConfigurationError, SlotAlreadyClaimed, StoreError
+from pjcore.exceptions import (ConfigurationError, JobAlreadyRunning, SlotAlreadyClaimed,
+                               StoreError)
 from pjcore.manifest import JobDeclaration
 
 T0 = datetime(2026, 1, 15, 10, 30, tzinfo=timezone.utc)
@@ -171,7 +173,7 @@ def test_two_prefixes_on_one_database_are_independent(open_store):
     expected = {
         "jobs": {"jobs_plugin_id_job_key", "jobs_status_next_run_at_id",
                  "jobs_plugin_key_plugin_id"},
-        "runs": {"runs_job_id_scheduled_for_attempt", "runs_job_id_status",
+        "runs": {"runs_job_id_scheduled_for_attempt", "runs_live",
                  "runs_plugin_id_created_at_id", "runs_created_at_id"},
     }
     for store in (one, two):
@@ -436,6 +438,92 @@ def test_a_database_from_before_0005_gets_the_plugin_key_index(open_store):
     indexes = {i.name: i.columns for i in upgraded.database.get_indexes(table)}
     assert indexes[f"{table}_plugin_key_plugin_id"] == ["plugin_key", "plugin_id"]
     assert upgraded.find_plugin("acme") == "p"
+
+
+def test_a_database_from_before_0006_gets_the_live_runs_index(open_store):
+    store = open_store()
+    table = f"{store.table_prefix}runs"
+    store.sync_jobs("p", "acme", [decl("a"), decl("b")], now=T0)
+    a, b = store.get_job_by_key("p", "a"), store.get_job_by_key("p", "b")
+    done = store.create_run(a.id, trigger="manual", now=T0)
+    store.complete_run(done.id, status="succeeded", now=T0)
+    live = store.create_run(b.id, trigger="manual", now=T0)
+    # the schema of 0005: every run in a (job_id, status) index
+    store.database.execute_sql(f'DROP INDEX "{table}_live"')
+    migrate(SchemaMigrator.from_database(store.database).add_index(
+        table, ("job_id", "status"), False))
+    store._Schema.delete().where(store._Schema.name == "0006_live_runs_index").execute()
+    store.close()
+
+    upgraded = open_store()
+    indexes = {i.name: i for i in upgraded.database.get_indexes(table)}
+    assert f"{table}_job_id_status" not in indexes
+    assert indexes[f"{table}_live"].columns == ["job_id"]
+    assert "WHERE" in indexes[f"{table}_live"].sql.upper()  # partial: the runs in flight
+    # the runs in flight before the migration are found through it
+    assert upgraded.claim_slot(b.id, expected=b.next_run_at, run_slot=b.next_run_at,
+                               next_run_at=b.next_run_at + timedelta(minutes=15),
+                               now=T0).applied is False
+    assert upgraded.claim_slot(a.id, expected=a.next_run_at, run_slot=a.next_run_at,
+                               next_run_at=a.next_run_at + timedelta(minutes=15),
+                               now=T0).applied is True
+    assert [r.id for r in upgraded.abandon_runs(now=T0, owner=None)] == []
+    assert upgraded.cancel_runs("p", reason="gone", now=T0, job_id=b.id) == [live.id]
+
+
+def test_the_live_statuses_written_into_the_sql_are_the_non_terminal_ones():
+    from pjcore.models import NON_TERMINAL
+
+    expected = "(" + ", ".join(f"'{s.value}'" for s in sorted(NON_TERMINAL)) + ")"
+    assert peewee_store._LIVE_SQL.sql == expected
+
+
+def test_runs_in_flight_are_found_without_reading_the_run_history(tmp_path, caplog):
+    """Every statement of the scheduler's rounds that looks for runs in
+    flight (a claim's check, a trigger's exclusivity, the lease renewals and
+    sweeps) reads an index, never the whole runs table nor a job's history:
+    their cost does not grow with the runs recorded. (Cancelling a plugin's
+    runs reads the plugin's runs by its index: rare, and left to the
+    planner.)"""
+    import logging
+
+    store = PeeweeJobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    store.sync_jobs("p", "acme", [decl("a"), decl("b")], now=T0)
+    a, b = store.get_job_by_key("p", "a"), store.get_job_by_key("p", "b")
+    for i in range(50):  # a history
+        run = store.create_run(a.id, trigger="manual", now=T0 + timedelta(seconds=i))
+        store.complete_run(run.id, status="succeeded", now=T0 + timedelta(seconds=i))
+    store.database.execute_sql("ANALYZE")
+    lease = T0 + timedelta(minutes=1)
+    caplog.set_level(logging.DEBUG, logger="peewee")
+    with caplog.at_level(logging.DEBUG, logger="peewee"):
+        store.claim_slot(a.id, expected=a.next_run_at, run_slot=a.next_run_at,
+                         next_run_at=a.next_run_at + timedelta(minutes=15), now=T0,
+                         owner="s1", lease_until=lease)
+        store.claim_slots([slot_claim(b, owner="s1", lease_until=lease)], start=1)
+        with pytest.raises(JobAlreadyRunning):  # the claim's run is in flight
+            store.create_run(a.id, trigger="manual", now=T0)
+        manual = store.create_run(a.id, trigger="manual", now=T0, owner="s1",
+                                  lease_until=lease, exclusive=False)
+        store.renew_leases("s1", [manual.id], lease_until=lease, now=T0)
+        store.abandon_runs(now=T0)
+        store.abandon_runs(now=T0, owner="s2")
+    live = f"IN {peewee_store._LIVE_SQL.sql}"
+    statements = {r.msg[0] for r in caplog.records
+                  if isinstance(r.msg, tuple) and live in r.msg[0]}
+    assert len(statements) >= 7, statements
+    runs = f'"{store.table_prefix}runs"'
+    for sql in statements:
+        aliases = re.findall(rf'{runs} AS "(\w+)"', sql) or [runs.strip('"')]
+        plan = [row[-1] for row in store.database.execute_sql(
+            "EXPLAIN QUERY PLAN " + sql, [None] * sql.count("?")).fetchall()]
+        for line in plan:
+            for alias in aliases:
+                assert line != f"SCAN {alias}", (sql, plan)  # a scan without an index
+        if '"id" = ?' not in sql and '"id" IN' not in sql:
+            # not found by run id: found through the live runs' own index
+            assert any(f"{store.table_prefix}runs_live" in line for line in plan), (sql, plan)
+    store.close()
 
 
 def test_find_plugin_by_key_reads_an_index_not_every_job(tmp_path):
