@@ -52,7 +52,7 @@ CREATE TABLE runs (id TEXT PRIMARY KEY, job_id TEXT REFERENCES jobs (id) ON DELE
     created_at INTEGER, started_at INTEGER, finished_at INTEGER, duration_ms INTEGER,
     error TEXT, error_detail TEXT, owner TEXT, lease_until INTEGER, attempt INTEGER);
 CREATE UNIQUE INDEX runs_slot ON runs (job_id, scheduled_for, attempt);
-CREATE INDEX runs_job_status ON runs (job_id, status);
+CREATE INDEX runs_live ON runs (job_id) WHERE status IN ('queued', 'running');
 CREATE INDEX runs_plugin_created ON runs (plugin_id, created_at, id);
 CREATE INDEX runs_created ON runs (created_at, id);
 """
