@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+import time
 import traceback
 import weakref
 from collections import deque
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from typing import Any, Callable
 
 from loguru import logger
@@ -72,8 +73,10 @@ class _Pool:
 
     def __init__(self, runner: ThreadRunner, capacity: int) -> None:
         self.runner = runner
-        #: (future, handler, context) of calls no thread has taken yet
-        self.calls: deque[tuple[Future, Callable[..., Any], JobContext]] = deque()
+        #: (future or None, handler, context, done or None) of calls no
+        #: thread has taken yet: a future for submit(), *done* for call()
+        self.calls: deque[tuple[Future | None, Callable[..., Any], JobContext,
+                                Callable[[Outcome], object] | None]] = deque()
         #: the wake-up locks of threads waiting for a call, the latest last
         self.parked: list[threading.Lock] = []
         #: threads awake and not in a call: each looks at ``calls`` before
@@ -117,7 +120,10 @@ class ThreadRunner(Runner):
         self._pool: _Pool | None = None
         self._stopped = False
         self._lock = threading.Lock()
-        self._inflight: set[Future] = set()
+        #: calls from submit() or call() until their done callbacks have run
+        self._busy = 0
+        #: notified, once stop() was called, as calls finish (stop() waits on it)
+        self._drained = threading.Condition(self._lock)
 
     def __repr__(self) -> str:
         return f"ThreadRunner(max_workers={self.max_workers})"
@@ -139,19 +145,35 @@ class ThreadRunner(Runner):
 
     def submit(self, handler: Callable[..., Any], context: JobContext) -> "Future[Outcome]":
         future: Future[Outcome] = Future()
+        refused = self._queue(future, handler, context, None)
+        # The contract: never raise, resolve to an Outcome.
+        return future if refused is None else _resolved(refused)
+
+    def call(self, handler: Callable[..., Any], context: JobContext,
+             done: Callable[[Outcome], object]) -> None:
+        if type(self).submit is not ThreadRunner.submit:
+            # a subclass's own submit() sees every call, as before call() was
+            Runner.call(self, handler, context, done)
+            return
+        # no future: the worker hands the outcome to *done* itself
+        refused = self._queue(None, handler, context, done)
+        if refused is not None:
+            done(refused)
+
+    def _queue(self, future: Future | None, handler: Callable[..., Any], context: JobContext,
+               done: Callable[[Outcome], object] | None) -> Outcome | None:
+        """Queue a call for a thread; None, or why it is refused."""
         with self._lock:
             if self._stopped:
-                # The contract: never raise, resolve to an Outcome.
-                return _resolved(Outcome("cancelled", "the runner is stopped"))
+                return Outcome("cancelled", "the runner is stopped")
             if _exiting:
-                return _resolved(Outcome("cancelled", "the interpreter is exiting"))
+                return Outcome("cancelled", "the interpreter is exiting")
             pool = self._ensure_pool()
             if not _summon(pool):
-                return _resolved(Outcome("cancelled", "the runner cannot start work: "
-                                                      f"{pool.start_error}"))
-            self._inflight.add(future)
-            pool.calls.append((future, handler, context))
-        return future
+                return Outcome("cancelled", f"the runner cannot start work: {pool.start_error}")
+            self._busy += 1
+            pool.calls.append((future, handler, context, done))
+        return None
 
     def idle_workers(self) -> int:
         # A call counts from submit() until its done callbacks have run on
@@ -160,19 +182,27 @@ class ThreadRunner(Runner):
             if self._stopped or _exiting:
                 return 0
             capacity = self.max_workers if self._pool is None else self._pool.capacity
-            return max(0, capacity - len(self._inflight))
+            return max(0, capacity - self._busy)
 
     def stop(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._stopped = True
             self._close()
             # Every call still in flight, also those a previous stop() gave
             # up on: a second stop() must not report them finished.
-            pending = list(self._inflight)
-        if not pending:
-            return True
-        _, not_done = wait(pending, timeout=timeout)
-        return not not_done
+            while self._busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._drained.wait(left)
+        return True
+
+    def _finished_one(self) -> None:
+        """A call's done callbacks have run. Under the lock."""
+        self._busy -= 1
+        if self._stopped and not self._busy:
+            self._drained.notify_all()
 
     def _close(self) -> list[threading.Thread]:
         """Let the threads go once the calls submitted so far have run; the
@@ -226,17 +256,17 @@ def _worker(pool: _Pool, wake: threading.Lock) -> None:
     """A pool thread: takes calls until the pool closes. Counted searching
     by whoever started or woke it; *wake* is released to wake it."""
     runner = pool.runner
-    lock, inflight = runner._lock, runner._inflight
-    finished: Future | None = None
+    lock = runner._lock
+    finished = False
     while True:
         with lock:
-            if finished is not None:
+            if finished:
                 # only now is the worker free again (see idle_workers)
-                inflight.discard(finished)
+                runner._finished_one()
                 pool.searching += 1
-                finished = None
+                finished = False
             if pool.calls:
-                future, handler, context = pool.calls.popleft()
+                call = pool.calls.popleft()
                 pool.searching -= 1
                 if pool.calls:  # the next call gets a thread too
                     _summon(pool)
@@ -245,28 +275,31 @@ def _worker(pool: _Pool, wake: threading.Lock) -> None:
             else:
                 pool.parked.append(wake)
                 pool.searching -= 1
-                future = None
-        if future is None:
+                call = None
+        if call is None:
             wake.acquire()  # until summoned, or the pool closes
             continue
+        future, handler, context, done = call
         try:
-            if future.set_running_or_notify_cancel():
+            if future is None:
+                done(call_handler(handler, context))  # type: ignore[misc]
+            elif future.set_running_or_notify_cancel():
                 # the caller's done callbacks run here, on this worker
                 future.set_result(call_handler(handler, context))
         except BaseException:
-            # A done callback raised past the future (a BaseException):
-            # this thread ends, so it no longer counts, and another takes
-            # the calls that wait.
+            # *done* or a done callback raised past the call (a
+            # BaseException): this thread ends, so it no longer counts, and
+            # another takes the calls that wait.
             with lock:
-                inflight.discard(future)
+                runner._finished_one()
                 pool.threads.remove(threading.current_thread())
                 pool.wakes.remove(wake)
                 if pool.calls:
                     _summon(pool)
             raise
-        finished = future
+        finished = True
         # not kept alive (the context, the handler) while waiting
-        del future, handler, context
+        del call, future, handler, context, done
 
 
 #: runners that may have threads; at interpreter exit their queued calls run

@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 import zlib
-from concurrent.futures import Future
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
@@ -839,15 +838,12 @@ class ThreadScheduler(Scheduler):
 
     def _submit(self, entry: _InFlight) -> None:
         try:
-            future = self.runner.submit(lambda ctx: self._execute(entry, ctx), entry.context)
+            # the outcome comes to _finished without a future (Runner.call)
+            self.runner.call(lambda ctx: self._execute(entry, ctx), entry.context,
+                             lambda outcome: self._finished(entry, outcome))
         except Exception as exc:  # a runner must not raise; never leave the job busy forever
             logger.opt(exception=exc).error("pjcore runner refused run {run}", run=entry.run_id)
-            future = Future()
-            future.set_result(Outcome("failed", f"runner error: {exc!r}"))
-        # The entry does not keep its future: the callback already refers
-        # to the entry, and the cycle would leave every run's objects to the
-        # cyclic collector instead of reference counting.
-        future.add_done_callback(lambda f: self._finished(entry, f))
+            self._finished(entry, Outcome("failed", f"runner error: {exc!r}"))
 
     def _execute(self, entry: _InFlight, context: JobContext) -> Any:
         """Runs in the worker: start the run (unless the loop did), then the handler."""
@@ -941,11 +937,9 @@ class ThreadScheduler(Scheduler):
             logger.exception("pjcore could not record the start of a manual run of {job}",
                              job=job.job_key)
 
-    def _finished(self, entry: _InFlight, future: Future) -> None:
-        try:
-            outcome: Outcome = future.result()
-        except BaseException as exc:  # a runner must not raise, but be safe
-            outcome = Outcome("failed", f"runner error: {exc!r}")
+    def _finished(self, entry: _InFlight, outcome: Outcome) -> None:
+        if not isinstance(outcome, Outcome):  # a runner's bug: never leave the job busy
+            outcome = Outcome("failed", f"runner error: not an Outcome: {outcome!r}")
         with self._lock:
             entry.returned = True  # before the record: its announcement waits for the release
         if not entry.ended:

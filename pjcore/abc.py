@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import attrs
 
@@ -513,6 +513,27 @@ class Runner(metaclass=ABCMeta):
         plain functions and ``async def`` functions are supported.
         """
 
+    def call(self, handler: "object", context: "JobContext",
+             done: "Callable[[Outcome], object]") -> None:
+        """:meth:`submit`, with *done* called with the :class:`Outcome`
+        instead of a future returned: the scheduler's way in.
+
+        *done* is called once, on the thread that ran the handler, after the
+        handler returned; or on the caller's thread, before this returns, if
+        the call is refused at once (a stopped runner). Never raises, as
+        :meth:`submit`. The default submits and hands the future's result to
+        *done* from its done callback; a runner may override it to save the
+        future (a future is a condition and a lock, and four times taken).
+        """
+        def deliver(future: "Future[Outcome]") -> None:
+            try:
+                outcome = future.result()
+            except BaseException as exc:  # a runner must not raise, but be safe
+                outcome = Outcome("failed", f"runner error: {exc!r}")
+            done(outcome)
+
+        self.submit(handler, context).add_done_callback(deliver)
+
     def idle_workers(self) -> int | None:
         """How many calls :meth:`submit` would start at once right now, each
         on a worker of its own with nothing queued ahead of it; ``None`` if
@@ -523,7 +544,8 @@ class Runner(metaclass=ABCMeta):
         a store write per run; every other run is recorded ``running`` by its
         worker as the handler starts. Never count
         a worker that may be busy (a call counts until its future's done
-        callbacks have run): a run recorded running must not wait. The
+        callbacks, or the *done* of :meth:`call`, have run): a run recorded
+        running must not wait. The
         scheduler reads this and submits those runs under a lock of its own,
         so a runner that takes work from elsewhere too must return ``None``.
         """

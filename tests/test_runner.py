@@ -604,3 +604,144 @@ def test_many_submitters_short_and_blocking_calls_all_run_within_the_cap():
         assert [f.result(5).status for f in blocked] == ["succeeded"] * 5
     finally:
         runner.stop(5)
+
+
+# -- call(): the outcome handed to a callable, without a future --------------------------
+
+
+class Delivered:
+    """The *done* of call(): the outcomes, the threads they came on."""
+
+    def __init__(self, hold: threading.Event | None = None) -> None:
+        self.outcomes: list[Outcome] = []
+        self.threads: list[threading.Thread] = []
+        self.arrived = threading.Event()
+        self.hold = hold
+
+    def __call__(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self.threads.append(threading.current_thread())
+        self.arrived.set()
+        if self.hold is not None:
+            self.hold.wait(5)
+
+
+def test_call_hands_the_outcome_to_done_on_the_worker():
+    runner = ThreadRunner(max_workers=2)
+    seen, ok, bad = [], Delivered(), Delivered()
+    try:
+        runner.call(lambda ctx: seen.append(ctx.run_id), make_context("a"), ok)
+        runner.call(lambda ctx: 1 / 0, make_context("b"), bad)
+        assert ok.arrived.wait(5) and bad.arrived.wait(5)
+    finally:
+        assert runner.stop(5)
+    assert seen == ["a"] and [o.status for o in ok.outcomes] == ["succeeded"]
+    assert bad.outcomes[0].status == "failed" and "ZeroDivisionError" in bad.outcomes[0].error_detail
+    assert ok.threads[0].name.startswith("pjcore-run")  # a worker of the runner
+
+
+def test_call_on_a_stopped_runner_hands_a_cancelled_outcome_at_once():
+    runner = ThreadRunner(max_workers=1)
+    runner.stop(5)
+    done = Delivered()
+    runner.call(lambda ctx: pytest.fail("must not run"), make_context(), done)
+    assert done.threads == [threading.current_thread()]  # before call() returned
+    assert done.outcomes[0].status == "cancelled" and "stopped" in done.outcomes[0].error
+
+
+def test_a_call_counts_busy_until_its_done_returned_and_stop_waits_for_it():
+    runner = ThreadRunner(max_workers=2)
+    release = threading.Event()
+    done = Delivered(hold=release)
+    try:
+        runner.call(lambda ctx: None, make_context(), done)
+        assert runner.idle_workers() == 1  # taken at call()
+        assert done.arrived.wait(5)
+        assert runner.idle_workers() == 1  # still in done
+        started = time.monotonic()
+        assert runner.stop(timeout=0.1) is False  # waits for done, then gives up
+        assert 0.09 <= time.monotonic() - started < 2
+        assert runner.stop(timeout=0) is False  # a second stop still sees it
+        release.set()
+        assert runner.stop(timeout=5) is True
+    finally:
+        release.set()
+        runner.stop(5)
+
+
+def test_a_thread_ended_by_its_done_is_replaced(monkeypatch):
+    ended = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: ended.append(args.exc_type))
+    runner = ThreadRunner(max_workers=1)
+
+    def fatal(outcome: Outcome) -> None:
+        raise SystemExit("done")
+
+    try:
+        gate = threading.Event()
+        runner.call(lambda ctx: gate.wait(5), make_context("a"), fatal)
+        (thread,) = runner._threads
+        after = Delivered()
+        runner.call(lambda ctx: None, make_context("b"), after)
+        gate.set()
+        thread.join(5)
+        assert ended == [SystemExit] and thread not in runner._threads
+        assert after.arrived.wait(5) and after.outcomes[0].status == "succeeded"
+        wait_for(lambda: runner.idle_workers() == 1, 5, "the place free again")
+    finally:
+        runner.stop(5)
+
+
+def test_a_subclass_that_overrides_submit_sees_the_calls_of_call():
+    class Counting(ThreadRunner):
+        submitted = 0
+
+        def submit(self, handler, context):
+            type(self).submitted += 1
+            return super().submit(handler, context)
+
+    runner = Counting(max_workers=1)
+    done = Delivered()
+    try:
+        runner.call(lambda ctx: None, make_context(), done)
+        assert done.arrived.wait(5) and done.outcomes[0].status == "succeeded"
+    finally:
+        runner.stop(5)
+    assert Counting.submitted == 1
+
+
+def test_the_default_call_goes_through_submit_and_reports_a_raising_future():
+    from concurrent.futures import Future
+
+    from pjcore.abc import Runner
+
+    class FutureOnly(Runner):
+        """A third party's runner that only knows submit()."""
+
+        max_workers = 1
+
+        def __init__(self, result) -> None:
+            self.result = result
+
+        def start(self) -> None:
+            pass
+
+        def submit(self, handler, context):
+            future: Future = Future()
+            if isinstance(self.result, BaseException):
+                future.set_exception(self.result)
+            else:
+                handler(context)
+                future.set_result(self.result)
+            return future
+
+        def stop(self, timeout=None) -> bool:
+            return True
+
+    good, broken = Delivered(), Delivered()
+    called = []
+    FutureOnly(Outcome("succeeded")).call(called.append, make_context("a"), good)
+    FutureOnly(RuntimeError("lost")).call(called.append, make_context("b"), broken)
+    assert [c.run_id for c in called] == ["a"]
+    assert good.outcomes[0].status == "succeeded"
+    assert broken.outcomes[0].status == "failed" and "lost" in broken.outcomes[0].error

@@ -18,6 +18,7 @@ import pytest
 from pjtest import Concurrency, wait_for
 from loguru import logger
 
+from pjcore.abc import Outcome
 from pjcore.clock import ManualClock, SystemClock
 from pjcore.context import JobContext
 from pjcore.contrib.memory import MemoryJobStore
@@ -2186,5 +2187,48 @@ def test_manual_failed_and_timed_out_runs_leave_no_reference_cycles(tmp_path):
             env.settle()
         assert found == []
         assert env.run(run_ids[2]).error == "timed out after 0.05s"
+    finally:
+        env.close()
+
+
+# -- a runner's mistakes in call() ------------------------------------------------
+
+
+class MisdeliveringRunner(ThreadRunner):
+    """Hands *deliver(outcome)*'s outcomes to the scheduler's done instead of the real one."""
+
+    def __init__(self, deliver: Callable[[Any], list], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.deliver = deliver
+
+    def call(self, handler, context, done):
+        super().call(handler, context, lambda outcome: [done(o) for o in self.deliver(outcome)])
+
+
+@pytest.mark.parametrize("deliver, status, error", [
+    # not an Outcome: recorded failed, the job freed
+    (lambda outcome: ["succeeded"], RunStatus.failed, "not an Outcome: 'succeeded'"),
+    # two outcomes for one call: the first counts
+    (lambda outcome: [outcome, Outcome("failed", "late")], RunStatus.succeeded, None),
+])
+def test_a_runner_that_misdelivers_an_outcome_never_leaves_the_job_busy(deliver, status, error):
+    env = Env(MemoryJobStore(), runner=MisdeliveringRunner(deliver, max_workers=2))
+    try:
+        env.load(decl("sync"))
+        calls = []
+        env.handle("sync", calls.append)
+        env.clock.set(hm(10, 45))
+        assert env.scheduler.tick() == 1
+        wait_for(lambda: calls, 5, "the handler")
+        env.settle()
+        (run,) = env.runs()
+        assert run.status is status and run.error == (None if error is None
+                                                      else f"runner error: {error}")
+        assert [name for name, _, _ in env.events if name == "run_finished"] == ["run_finished"]
+        # free again: the next slot runs
+        env.clock.set(hm(11, 0))
+        assert env.scheduler.tick() == 1
+        env.settle()
+        assert len(calls) == 2
     finally:
         env.close()
