@@ -1879,7 +1879,13 @@ class PeeweeJobStore(BaseJobStore):
         if job_id is not None:
             query = query.where(R.job == job_id)
         if status is not None:
-            query = query.where(R.status == RunStatus(status).value)
+            status = RunStatus(status)
+            query = query.where(R.status == status.value)
+            if not status.terminal:
+                # the runs in flight, found through their own index however
+                # long the history (as a subquery: on its own, the condition
+                # loses to an index that saves the sort)
+                query = query.where(R.id.in_(R.select(R.id).where(R.status.in_(_LIVE_SQL))))
         if cursor is not None:
             at, last_id = decode_cursor(cursor)
             query = query.where((R.created_at < at) | ((R.created_at == at) & (R.id < last_id)))

@@ -151,14 +151,15 @@ class ThreadRunner(Runner):
 
     def call(self, handler: Callable[..., Any], context: JobContext,
              done: Callable[[Outcome], object]) -> None:
-        if type(self).submit is not ThreadRunner.submit:
-            # a subclass's own submit() sees every call, as before call() was
+        if getattr(self.submit, "__func__", None) is not ThreadRunner.submit:
+            # a submit() of a subclass's (or patched on this runner) sees
+            # every call, as before call() was
             Runner.call(self, handler, context, done)
             return
         # no future: the worker hands the outcome to *done* itself
         refused = self._queue(None, handler, context, done)
         if refused is not None:
-            done(refused)
+            _deliver(done, refused, context)
 
     def _queue(self, future: Future | None, handler: Callable[..., Any], context: JobContext,
                done: Callable[[Outcome], object] | None) -> Outcome | None:
@@ -186,12 +187,15 @@ class ThreadRunner(Runner):
 
     def stop(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
+        # called from a call of this runner's (its handler, or its done):
+        # that call cannot finish while this waits, and does not count
+        own = 1 if getattr(_thread_state, "runner", None) is self else 0
         with self._lock:
             self._stopped = True
             self._close()
             # Every call still in flight, also those a previous stop() gave
             # up on: a second stop() must not report them finished.
-            while self._busy:
+            while self._busy > own:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -201,7 +205,7 @@ class ThreadRunner(Runner):
     def _finished_one(self) -> None:
         """A call's done callbacks have run. Under the lock."""
         self._busy -= 1
-        if self._stopped and not self._busy:
+        if self._busy <= 1:  # a stop() may wait (from a call of its own: for 1)
             self._drained.notify_all()
 
     def _close(self) -> list[threading.Thread]:
@@ -257,6 +261,7 @@ def _worker(pool: _Pool, wake: threading.Lock) -> None:
     by whoever started or woke it; *wake* is released to wake it."""
     runner = pool.runner
     lock = runner._lock
+    _thread_state.runner = runner  # see stop()
     finished = False
     while True:
         with lock:
@@ -282,7 +287,7 @@ def _worker(pool: _Pool, wake: threading.Lock) -> None:
         future, handler, context, done = call
         try:
             if future is None:
-                done(call_handler(handler, context))  # type: ignore[misc]
+                _deliver(done, call_handler(handler, context), context)  # type: ignore[arg-type]
             elif future.set_running_or_notify_cancel():
                 # the caller's done callbacks run here, on this worker
                 future.set_result(call_handler(handler, context))
@@ -301,6 +306,19 @@ def _worker(pool: _Pool, wake: threading.Lock) -> None:
         # not kept alive (the context, the handler) while waiting
         del call, future, handler, context, done
 
+
+def _deliver(done: Callable[[Outcome], object], outcome: Outcome, context: JobContext) -> None:
+    """*done*(*outcome*), an Exception it raises logged, as a future logs a
+    done callback's: the thread goes on (a BaseException still ends it)."""
+    try:
+        done(outcome)
+    except Exception:
+        logger.exception("pjcore runner: the done callback of run {run} raised",
+                         run=context.run_id)
+
+
+#: the runner whose pool thread this is (see ThreadRunner.stop)
+_thread_state = threading.local()
 
 #: runners that may have threads; at interpreter exit their queued calls run
 #: and their threads are joined, before non-daemon threads are waited for

@@ -65,7 +65,8 @@ BACKLOG_TTL = 1.0
 #: transaction.
 CLAIM_BATCH = 10
 #: a runner's outcome status (a string) -> the RunStatus, without Enum's call
-_STATUSES = {s.value: s for s in RunStatus}
+#: the statuses an Outcome may end a run with (the terminal ones), by value
+_STATUSES = {s.value: s for s in RunStatus if s.terminal}
 #: clock seconds before a job whose claim was refused (a run of it in flight
 #: in another process) is looked at again
 BLOCKED_RETRY = 1.0
@@ -938,15 +939,16 @@ class ThreadScheduler(Scheduler):
                              job=job.job_key)
 
     def _finished(self, entry: _InFlight, outcome: Outcome) -> None:
-        if not isinstance(outcome, Outcome):  # a runner's bug: never leave the job busy
-            outcome = Outcome("failed", f"runner error: not an Outcome: {outcome!r}")
+        status = _STATUSES.get(getattr(outcome, "status", None))  # type: ignore[arg-type]
+        if status is None:  # a runner's bug: recorded, and never leaves the job busy
+            problem = (f"not an outcome status: {outcome.status!r}"
+                       if isinstance(outcome, Outcome) else f"not an Outcome: {outcome!r}")
+            status, outcome = RunStatus.failed, Outcome("failed", f"runner error: {problem}")
         with self._lock:
             entry.returned = True  # before the record: its announcement waits for the release
         if not entry.ended:
             entry.ended = True
-            end = (_STATUSES.get(outcome.status) or RunStatus(outcome.status), outcome.error,
-                   outcome.error_detail,
-                   self.clock.now())
+            end = (status, outcome.error, outcome.error_detail, self.clock.now())
             with self._lock:
                 # While the loop runs, it records the outcome with the others
                 # of its round (one transaction) and then releases the job;

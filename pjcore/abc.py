@@ -520,7 +520,8 @@ class Runner(metaclass=ABCMeta):
 
         *done* is called once, on the thread that ran the handler, after the
         handler returned; or on the caller's thread, before this returns, if
-        the call is refused at once (a stopped runner). Never raises, as
+        the call is refused at once (a stopped runner). An exception from
+        *done* is logged, as a future's done callback's is. Never raises, as
         :meth:`submit`. The default submits and hands the future's result to
         *done* from its done callback; a runner may override it to save the
         future (a future is a condition and a lock, and four times taken).
@@ -554,7 +555,7 @@ class Runner(metaclass=ABCMeta):
     @abstractmethod
     def stop(self, timeout: float | None = None) -> bool:
         """Stop accepting work and wait up to *timeout* seconds for calls in
-        flight. Idempotent.
+        flight (called from within a call, for the others). Idempotent.
 
         :return: whether every call had finished.
         """

@@ -651,11 +651,12 @@ def test_call_on_a_stopped_runner_hands_a_cancelled_outcome_at_once():
 
 def test_a_call_counts_busy_until_its_done_returned_and_stop_waits_for_it():
     runner = ThreadRunner(max_workers=2)
-    release = threading.Event()
+    release, gate = threading.Event(), threading.Event()
     done = Delivered(hold=release)
     try:
-        runner.call(lambda ctx: None, make_context(), done)
-        assert runner.idle_workers() == 1  # taken at call()
+        runner.call(lambda ctx: gate.wait(5), make_context(), done)
+        assert runner.idle_workers() == 1  # taken at call(), however far it got
+        gate.set()
         assert done.arrived.wait(5)
         assert runner.idle_workers() == 1  # still in done
         started = time.monotonic()
@@ -745,3 +746,102 @@ def test_the_default_call_goes_through_submit_and_reports_a_raising_future():
     assert [c.run_id for c in called] == ["a"]
     assert good.outcomes[0].status == "succeeded"
     assert broken.outcomes[0].status == "failed" and "lost" in broken.outcomes[0].error
+
+
+def test_stop_from_a_done_waits_for_the_other_calls_not_its_own():
+    runner = ThreadRunner(max_workers=2)
+    gate = threading.Event()
+    results: list[bool] = []
+    other = Delivered()
+    runner.call(lambda ctx: gate.wait(5), make_context("other"), other)
+    stopper = Delivered()
+    runner.call(lambda ctx: None, make_context("stopper"),
+                lambda outcome: (results.append(runner.stop(timeout=0.2)),
+                                 threading.Timer(0.05, gate.set).start(),
+                                 results.append(runner.stop(timeout=5)), stopper(outcome)))
+    assert stopper.arrived.wait(10)
+    # the other call held the first stop() to its timeout; the second saw it finish
+    assert results == [False, True]
+    assert other.outcomes[0].status == "succeeded"
+    assert runner.stop(5)
+
+
+def test_stop_from_the_only_call_returns_at_once():
+    runner = ThreadRunner(max_workers=1)
+    results: list[tuple[bool, float]] = []
+    done = Delivered()
+
+    def stop_inside(outcome: Outcome) -> None:
+        started = time.monotonic()
+        results.append((runner.stop(timeout=2), time.monotonic() - started))
+        done(outcome)
+
+    runner.call(lambda ctx: None, make_context(), stop_inside)
+    assert done.arrived.wait(5)
+    ((stopped, took),) = results
+    assert stopped is True and took < 1
+
+
+def test_an_exception_from_done_is_logged_and_the_thread_goes_on(captured, monkeypatch):
+    ended = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: ended.append(args.exc_type))
+    runner = ThreadRunner(max_workers=1)
+
+    def broken(outcome: Outcome) -> None:
+        raise ValueError("done broke")
+
+    try:
+        runner.call(lambda ctx: None, make_context("a"), broken)
+        wait_for(lambda: runner.idle_workers() == 1, 5, "the place free again")
+        (thread,) = runner._threads
+        after = Delivered()
+        runner.call(lambda ctx: None, make_context("b"), after)
+        assert after.arrived.wait(5) and after.threads == [thread]  # the same thread
+    finally:
+        runner.stop(5)
+    assert ended == []
+    (record,) = [r for r in captured if "done callback of run" in r["message"]]
+    assert record["exception"].type is ValueError and "run a" in record["message"]
+
+
+def test_a_refused_call_whose_done_raises_does_not_raise_from_call(captured):
+    runner = ThreadRunner(max_workers=1)
+    runner.stop(5)
+
+    def broken(outcome: Outcome) -> None:
+        raise ValueError("done broke")
+
+    runner.call(lambda ctx: None, make_context("a"), broken)  # does not raise
+    assert any("done callback of run a" in r["message"] for r in captured)
+
+
+def test_a_stop_waiting_while_the_runner_is_started_again_still_returns():
+    runner = ThreadRunner(max_workers=1)
+    gate = threading.Event()
+    done = Delivered()
+    runner.call(lambda ctx: gate.wait(5), make_context(), done)
+    results: list[bool] = []
+    # no timeout: only a wake-up ends the wait (daemon: a failure must not hold the exit)
+    stopper = threading.Thread(target=lambda: results.append(runner.stop()), daemon=True)
+    stopper.start()
+    wait_for(lambda: runner.idle_workers() == 0 and runner._stopped, 5, "the stop")
+    runner.start()
+    gate.set()
+    stopper.join(5)
+    assert not stopper.is_alive() and results == [True]
+    runner.stop(5)
+
+
+def test_a_submit_patched_on_the_runner_sees_the_calls_of_call(monkeypatch):
+    runner = ThreadRunner(max_workers=1)
+    seen = []
+    real = runner.submit
+    monkeypatch.setattr(runner, "submit", lambda handler, ctx: (seen.append(ctx.run_id),
+                                                                real(handler, ctx))[1])
+    done = Delivered()
+    try:
+        runner.call(lambda ctx: None, make_context("a"), done)
+        assert done.arrived.wait(5) and done.outcomes[0].status == "succeeded"
+    finally:
+        runner.stop(5)
+    assert seen == ["a"]

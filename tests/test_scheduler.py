@@ -2208,6 +2208,11 @@ class MisdeliveringRunner(ThreadRunner):
 @pytest.mark.parametrize("deliver, status, error", [
     # not an Outcome: recorded failed, the job freed
     (lambda outcome: ["succeeded"], RunStatus.failed, "not an Outcome: 'succeeded'"),
+    # a status no run ends with: recorded failed, the job freed
+    (lambda outcome: [Outcome("timeout")], RunStatus.failed,
+     "not an outcome status: 'timeout'"),
+    (lambda outcome: [Outcome("running")], RunStatus.failed,
+     "not an outcome status: 'running'"),
     # two outcomes for one call: the first counts
     (lambda outcome: [outcome, Outcome("failed", "late")], RunStatus.succeeded, None),
 ])
