@@ -1874,18 +1874,26 @@ class PeeweeJobStore(BaseJobStore):
         check_limit(limit)
         R = self._Run
         query = R.select().order_by(R.created_at.desc(), R.id.desc()).limit(limit + 1)
-        if plugin_id is not None:
-            query = query.where(R.plugin_id == plugin_id)
-        if job_id is not None:
-            query = query.where(R.job == job_id)
-        if status is not None:
-            status = RunStatus(status)
-            query = query.where(R.status == status.value)
-            if not status.terminal:
-                # the runs in flight, found through their own index however
-                # long the history (as a subquery: on its own, the condition
-                # loses to an index that saves the sort)
-                query = query.where(R.id.in_(R.select(R.id).where(R.status.in_(_LIVE_SQL))))
+        status = None if status is None else RunStatus(status)
+        if status is not None and not status.terminal and not self._pg:
+            # SQLite: the runs in flight, found through their own index
+            # however long the history. In a subquery: on its own, the
+            # condition loses to an index that saves the sort; and the plugin
+            # id compared as +plugin_id, or the plugin's index wins (with
+            # every run of the plugin). PostgreSQL's planner finds the index.
+            live = R.status.in_(_LIVE_SQL) & (R.status == status.value)
+            if plugin_id is not None:
+                live &= pw.NodeList((pw.SQL("+"), R.plugin_id), glue="") == plugin_id
+            if job_id is not None:
+                live &= R.job == job_id
+            query = query.where(R.id.in_(R.select(R.id).where(live)))
+        else:
+            if plugin_id is not None:
+                query = query.where(R.plugin_id == plugin_id)
+            if job_id is not None:
+                query = query.where(R.job == job_id)
+            if status is not None:
+                query = query.where(R.status == status.value)
         if cursor is not None:
             at, last_id = decode_cursor(cursor)
             query = query.where((R.created_at < at) | ((R.created_at == at) & (R.id < last_id)))

@@ -939,7 +939,8 @@ class ThreadScheduler(Scheduler):
                              job=job.job_key)
 
     def _finished(self, entry: _InFlight, outcome: Outcome) -> None:
-        status = _STATUSES.get(getattr(outcome, "status", None))  # type: ignore[arg-type]
+        kind = outcome.status if isinstance(outcome, Outcome) else None
+        status = _STATUSES.get(kind) if isinstance(kind, str) else None
         if status is None:  # a runner's bug: recorded, and never leaves the job busy
             problem = (f"not an outcome status: {outcome.status!r}"
                        if isinstance(outcome, Outcome) else f"not an Outcome: {outcome!r}")

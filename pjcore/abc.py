@@ -555,7 +555,8 @@ class Runner(metaclass=ABCMeta):
     @abstractmethod
     def stop(self, timeout: float | None = None) -> bool:
         """Stop accepting work and wait up to *timeout* seconds for calls in
-        flight (called from within a call, for the others). Idempotent.
+        flight (called from within a call, for the others: give a timeout
+        there, as those may wait for the caller). Idempotent.
 
         :return: whether every call had finished.
         """

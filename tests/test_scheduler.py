@@ -2213,6 +2213,11 @@ class MisdeliveringRunner(ThreadRunner):
      "not an outcome status: 'timeout'"),
     (lambda outcome: [Outcome("running")], RunStatus.failed,
      "not an outcome status: 'running'"),
+    (lambda outcome: [Outcome(["failed"])], RunStatus.failed,
+     "not an outcome status: ['failed']"),
+    (lambda outcome: [type("Unhashable", (), {"status": ["failed"], "__repr__":
+                                              lambda self: "Unhashable()"})()],
+     RunStatus.failed, "not an Outcome: Unhashable()"),
     # two outcomes for one call: the first counts
     (lambda outcome: [outcome, Outcome("failed", "late")], RunStatus.succeeded, None),
 ])
