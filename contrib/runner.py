@@ -122,7 +122,7 @@ class ThreadRunner(Runner):
         self._lock = threading.Lock()
         #: calls from submit() or call() until their done callbacks have run
         self._busy = 0
-        #: notified, once stop() was called, as calls finish (stop() waits on it)
+        #: notified as the last calls finish (a stop() may wait on it)
         self._drained = threading.Condition(self._lock)
 
     def __repr__(self) -> str:

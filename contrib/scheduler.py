@@ -64,8 +64,8 @@ BACKLOG_TTL = 1.0
 #: default ``max_concurrent``, so a full round at the default cap is one
 #: transaction.
 CLAIM_BATCH = 10
-#: a runner's outcome status (a string) -> the RunStatus, without Enum's call
-#: the statuses an Outcome may end a run with (the terminal ones), by value
+#: a runner's outcome status (a string) -> the RunStatus, without Enum's
+#: call; only the terminal ones, which an Outcome may end a run with
 _STATUSES = {s.value: s for s in RunStatus if s.terminal}
 #: clock seconds before a job whose claim was refused (a run of it in flight
 #: in another process) is looked at again

@@ -524,7 +524,7 @@ class Runner(metaclass=ABCMeta):
         *done* is logged, as a future's done callback's is. Never raises, as
         :meth:`submit`. The default submits and hands the future's result to
         *done* from its done callback; a runner may override it to save the
-        future (a future is a condition and a lock, and four times taken).
+        future (a condition of its own, whose lock a call takes four times).
         """
         def deliver(future: "Future[Outcome]") -> None:
             try:

@@ -937,6 +937,9 @@ def test_the_wal_is_checkpointed_by_a_thread_of_the_store_not_by_committers(tmp_
         # EVERY commits: one more checkpoint, at once (long before IDLE)
         pjtest.wait_for(lambda: checkpointer.checkpoints >= 2, 2, "a checkpoint by count")
         checkpointer.idle = 0.2
+        # its wait began with the long idle time: woken, it waits the short one
+        # (else the pauses below wait for IDLE, as long as this test waits)
+        checkpointer._due.set()
         for job in jobs[wal_checkpointer.EVERY:][:10]:  # fewer: after the idle time
             store.pause_job(job.id, now=T0)
         # far below the limit, yet copied into the database file: by the thread
