@@ -62,3 +62,25 @@ def test_a_job_built_positionally_equals_the_one_the_class_builds():
     assert built == Job(**fields) and type(built) is Job
     assert built.status is JobStatus.paused and built.paused_by is PausedBy.operator
     assert attrs.evolve(built, missed_count=4).missed_count == 4  # a real Job
+
+
+def test_the_instant_converters_keep_utc_convert_other_zones_and_refuse_the_rest():
+    from pjcore.models import as_aware_utc, optional_aware_utc
+
+    class Stamp(datetime):  # a datetime subclass (as some libraries make)
+        pass
+
+    utc = datetime(2026, 1, 15, 10, 30, tzinfo=timezone.utc)
+    paris = datetime(2026, 1, 15, 11, 30, tzinfo=timezone(timedelta(hours=1)))
+    for convert in (as_aware_utc, optional_aware_utc):
+        assert convert(utc) is utc
+        assert convert(paris) == utc and convert(paris).tzinfo is timezone.utc
+        stamp = convert(Stamp(2026, 1, 15, 10, 30, tzinfo=timezone.utc))
+        assert stamp == utc and stamp.tzinfo is timezone.utc
+        with pytest.raises(InvalidArgument, match="naive"):
+            convert(datetime(2026, 1, 15, 10, 30))
+        with pytest.raises(TypeError, match="expected a datetime"):
+            convert("2026-01-15T10:30:00Z")
+    assert optional_aware_utc(None) is None
+    with pytest.raises(TypeError):
+        as_aware_utc(None)
