@@ -226,6 +226,19 @@ class Migration:
     apply: Callable[[MigrationContext], None]
 
 
+def _drop_index_on(ctx: MigrationContext, table: str, columns: list[str], *,
+                   unique: bool) -> dict[str, Any]:
+    """Drop *table*'s index (unique or not) on exactly *columns*, one a
+    migration replaces; the indexes as they were before."""
+    from playhouse.migrate import migrate
+
+    indexes = {i.name: i for i in ctx.db.get_indexes(table)}
+    for index in indexes.values():
+        if index.unique == unique and index.columns == columns:
+            migrate(ctx.migrator.drop_index(table, index.name))
+    return indexes
+
+
 def _m0001_initial(ctx: MigrationContext) -> None:
     # Uses the current models, which is right while this is the only
     # migration. Once a later migration alters a table, freeze the initial
@@ -251,10 +264,7 @@ def _m0003_run_attempt(ctx: MigrationContext) -> None:
     table = ctx.table("runs")
     if "attempt" not in {c.name for c in ctx.db.get_columns(table)}:
         migrate(ctx.migrator.add_column(table, "attempt", pw.IntegerField(default=1)))
-    indexes = {i.name: i for i in ctx.db.get_indexes(table)}
-    for index in indexes.values():
-        if index.unique and index.columns == ["job_id", "scheduled_for"]:
-            migrate(ctx.migrator.drop_index(table, index.name))
+    indexes = _drop_index_on(ctx, table, ["job_id", "scheduled_for"], unique=True)
     if not any(i.unique and i.columns == ["job_id", "scheduled_for", "attempt"]
                for i in indexes.values()):
         migrate(ctx.migrator.add_index(table, ("job_id", "scheduled_for", "attempt"), True))
@@ -266,10 +276,7 @@ def _m0004_due_index(ctx: MigrationContext) -> None:
     from playhouse.migrate import migrate
 
     table = ctx.table("jobs")
-    indexes = {i.name: i for i in ctx.db.get_indexes(table)}
-    for index in indexes.values():
-        if not index.unique and index.columns == ["status", "next_run_at"]:
-            migrate(ctx.migrator.drop_index(table, index.name))
+    indexes = _drop_index_on(ctx, table, ["status", "next_run_at"], unique=False)
     if not any(i.columns == ["status", "next_run_at", "id"] for i in indexes.values()):
         migrate(ctx.migrator.add_index(table, ("status", "next_run_at", "id"), False))
 
@@ -290,13 +297,7 @@ def _m0006_live_runs_index(ctx: MigrationContext) -> None:
     # job's history (or every run), and a run's end removes its entry
     # instead of moving it (the (job_id, status) index it replaces held every
     # run ever recorded).
-    from playhouse.migrate import migrate
-
-    table = ctx.table("runs")
-    indexes = {i.name: i for i in ctx.db.get_indexes(table)}
-    for index in indexes.values():
-        if not index.unique and index.columns == ["job_id", "status"]:
-            migrate(ctx.migrator.drop_index(table, index.name))
+    _drop_index_on(ctx, ctx.table("runs"), ["job_id", "status"], unique=False)
     ctx.runs._schema.create_indexes(safe=True)  # those of the model not there yet
 
 

@@ -49,6 +49,14 @@ def captured():
 
 
 @pytest.fixture
+def ended(monkeypatch):
+    """The exception types that ended threads (threading.excepthook)."""
+    types: list[type] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: types.append(args.exc_type))
+    return types
+
+
+@pytest.fixture
 def runner():
     runner = ThreadRunner(max_workers=4)
     yield runner
@@ -548,11 +556,9 @@ def test_stop_wakes_a_thread_whose_wake_up_was_lost():
     assert not thread.is_alive()
 
 
-def test_a_thread_ended_by_its_done_callback_is_replaced(monkeypatch):
+def test_a_thread_ended_by_its_done_callback_is_replaced(ended):
     # concurrent.futures lets a BaseException out of a done callback: that
     # thread ends, and the next call gets another one
-    ended = []
-    monkeypatch.setattr(threading, "excepthook", lambda args: ended.append(args.exc_type))
     runner = ThreadRunner(max_workers=1)
     try:
         gate = threading.Event()
@@ -670,9 +676,7 @@ def test_a_call_counts_busy_until_its_done_returned_and_stop_waits_for_it():
         runner.stop(5)
 
 
-def test_a_thread_ended_by_its_done_is_replaced(monkeypatch):
-    ended = []
-    monkeypatch.setattr(threading, "excepthook", lambda args: ended.append(args.exc_type))
+def test_a_thread_ended_by_its_done_is_replaced(ended):
     runner = ThreadRunner(max_workers=1)
 
     def fatal(outcome: Outcome) -> None:
@@ -788,9 +792,7 @@ def test_stop_from_the_only_call_returns_at_once():
     assert stopped is True and took < 1
 
 
-def test_an_exception_from_done_is_logged_and_the_thread_goes_on(captured, monkeypatch):
-    ended = []
-    monkeypatch.setattr(threading, "excepthook", lambda args: ended.append(args.exc_type))
+def test_an_exception_from_done_is_logged_and_the_thread_goes_on(captured, ended):
     runner = ThreadRunner(max_workers=1)
 
     def broken(outcome: Outcome) -> None:
