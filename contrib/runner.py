@@ -69,7 +69,7 @@ class _Pool:
     the runner's lock."""
 
     __slots__ = ("runner", "calls", "parked", "searching", "threads", "wakes", "capacity",
-                 "start_error", "closing")
+                 "start_error", "closing", "busy")
 
     def __init__(self, runner: ThreadRunner, capacity: int) -> None:
         self.runner = runner
@@ -91,6 +91,9 @@ class _Pool:
         self.start_error: RuntimeError | None = None
         #: stopped: threads leave once ``calls`` is empty
         self.closing = False
+        #: calls queued here until their done callbacks have run (a stop()
+        #: waits for those of the pools there were when it was called)
+        self.busy = 0
 
 
 class ThreadRunner(Runner):
@@ -122,6 +125,8 @@ class ThreadRunner(Runner):
         self._lock = threading.Lock()
         #: calls from submit() or call() until their done callbacks have run
         self._busy = 0
+        #: the current pool and the closed ones with calls still to finish
+        self._pools: list[_Pool] = []
         #: notified as the last calls finish (a stop() may wait on it)
         self._drained = threading.Condition(self._lock)
 
@@ -140,6 +145,7 @@ class ThreadRunner(Runner):
     def _ensure_pool(self) -> _Pool:
         if self._pool is None:
             self._pool = _Pool(self, self.max_workers)
+            self._pools.append(self._pool)
             _LIVE.add(self)
         return self._pool
 
@@ -173,6 +179,7 @@ class ThreadRunner(Runner):
             if not _summon(pool):
                 return Outcome("cancelled", f"the runner cannot start work: {pool.start_error}")
             self._busy += 1
+            pool.busy += 1
             pool.calls.append((future, handler, context, done))
         return None
 
@@ -192,20 +199,26 @@ class ThreadRunner(Runner):
         own = 1 if getattr(_thread_state, "runner", None) is self else 0
         with self._lock:
             self._stopped = True
+            # Every call in flight now, also those a previous stop() gave up
+            # on (a second stop() must not report them finished), but none
+            # of a start() meanwhile: work that goes on could hold this
+            # stop() forever.
+            pools = list(self._pools)
             self._close()
-            # Every call still in flight, also those a previous stop() gave
-            # up on: a second stop() must not report them finished.
-            while self._busy > own:
+            while sum(pool.busy for pool in pools) > own:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
                 self._drained.wait(left)
         return True
 
-    def _finished_one(self) -> None:
-        """A call's done callbacks have run. Under the lock."""
+    def _finished_one(self, pool: _Pool) -> None:
+        """A call of *pool*'s has run, done callbacks included. Under the lock."""
         self._busy -= 1
-        if self._busy <= 1:  # a stop() may wait (from a call of its own: for 1)
+        pool.busy -= 1
+        if pool.busy <= 1:  # a stop() may wait (from a call of its own: for 1)
+            if not pool.busy and pool.closing:
+                self._pools.remove(pool)
             self._drained.notify_all()
 
     def _close(self) -> list[threading.Thread]:
@@ -215,6 +228,8 @@ class ThreadRunner(Runner):
         if pool is None:
             return []
         pool.closing = True
+        if not pool.busy:
+            self._pools.remove(pool)
         # Every thread, not only the parked ones: one whose wake-up was lost
         # (an exception between taking it off the parked list and waking
         # it) must not keep the interpreter from exiting.
@@ -267,7 +282,7 @@ def _worker(pool: _Pool, wake: threading.Lock) -> None:
         with lock:
             if finished:
                 # only now is the worker free again (see idle_workers)
-                runner._finished_one()
+                runner._finished_one(pool)
                 pool.searching += 1
                 finished = False
             if pool.calls:
@@ -296,7 +311,7 @@ def _worker(pool: _Pool, wake: threading.Lock) -> None:
             # BaseException): this thread ends, so it no longer counts, and
             # another takes the calls that wait.
             with lock:
-                runner._finished_one()
+                runner._finished_one(pool)
                 pool.threads.remove(threading.current_thread())
                 pool.wakes.remove(wake)
                 if pool.calls:

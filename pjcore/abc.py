@@ -554,11 +554,13 @@ class Runner(metaclass=ABCMeta):
 
     @abstractmethod
     def stop(self, timeout: float | None = None) -> bool:
-        """Stop accepting work and wait up to *timeout* seconds for calls in
-        flight (called from within a call, for the others: give a timeout
-        there, as those may wait for the caller). Idempotent.
+        """Stop accepting work and wait up to *timeout* seconds for the calls
+        in flight when it was called (called from within a call, for the
+        others: give a timeout there, as those may wait for the caller);
+        calls accepted after a :meth:`start` meanwhile are not waited for.
+        Idempotent.
 
-        :return: whether every call had finished.
+        :return: whether every call it waited for had finished.
         """
 
 

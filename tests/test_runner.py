@@ -840,6 +840,32 @@ def test_a_stop_waiting_while_the_runner_is_started_again_still_returns():
     runner.stop(5)
 
 
+@pytest.mark.parametrize("later", ["one slow call", "a steady load"])
+def test_a_stop_waits_for_the_calls_it_found_not_for_those_after_a_restart(later):
+    runner = ThreadRunner(max_workers=2)
+    gate, release = threading.Event(), threading.Event()
+    runner.call(lambda ctx: gate.wait(5), make_context("before"), Delivered())
+    results: list[bool] = []
+    stopper = threading.Thread(target=lambda: results.append(runner.stop()), daemon=True)
+    stopper.start()
+    wait_for(lambda: runner._stopped, 5, "the stop")
+    runner.start()
+    if later == "one slow call":
+        runner.call(lambda ctx: release.wait(5), make_context("after"), Delivered())
+    else:
+        def again(outcome):  # each call submits the next: never a moment without one
+            if not release.is_set():
+                runner.call(lambda ctx: time.sleep(0.001), make_context("after"), again)
+        again(None)
+    try:
+        gate.set()
+        stopper.join(3)
+        assert not stopper.is_alive() and results == [True]
+    finally:
+        release.set()
+        assert runner.stop(5)
+
+
 def test_a_submit_patched_on_the_runner_sees_the_calls_of_call(monkeypatch):
     runner = ThreadRunner(max_workers=1)
     seen = []
