@@ -362,9 +362,10 @@ class ThreadScheduler(Scheduler):
             for entry in entries:
                 entry.context.request_cancel(reason)
         done = set(cancelled)
-        for entry in entries:
-            if entry.run_id in done:
-                entry.ended = True
+        with self._lock:
+            for entry in entries:
+                if entry.run_id in done:
+                    entry.ended = True
         for run_id in cancelled:
             self._announce_end(run_id)
         self.wake()
@@ -945,23 +946,27 @@ class ThreadScheduler(Scheduler):
             problem = (f"not an outcome status: {outcome.status!r}"
                        if isinstance(outcome, Outcome) else f"not an Outcome: {outcome!r}")
             status, outcome = RunStatus.failed, Outcome("failed", f"runner error: {problem}")
+        ended_at = self.clock.now()
         with self._lock:
             entry.returned = True  # before the record: its announcement waits for the release
-        if not entry.ended:
+            # Decided here unless a timeout, a cancellation or the shutdown
+            # decided first: tested and set under the lock, as _end does,
+            # or both would record an end and the second would overwrite
+            # the first one's announcement.
+            decided = not entry.ended
             entry.ended = True
-            end = (status, outcome.error, outcome.error_detail, self.clock.now())
-            with self._lock:
-                # While the loop runs, it records the outcome with the others
-                # of its round (one transaction) and then releases the job;
-                # otherwise (ticks by hand, stopping) it is recorded here.
-                queued = self._thread is not None and not self._stopping
-                if queued:
-                    entry.queued_end = end
-                    self._end_queue.append(entry)
+            # While the loop runs, it records the outcome with the others of
+            # its round (one transaction) and then releases the job;
+            # otherwise (ticks by hand, stopping) it is recorded here.
+            queued = decided and self._thread is not None and not self._stopping
             if queued:
-                self.wake()
-                return
-            self._write_end(entry, end[0], end[1], end[2])
+                entry.queued_end = (status, outcome.error, outcome.error_detail, ended_at)
+                self._end_queue.append(entry)
+        if queued:
+            self.wake()
+            return
+        if decided:
+            self._write_end(entry, status, outcome.error, outcome.error_detail)
         self._release(entry)
 
     def _write_end(self, entry: _InFlight, status: RunStatus, error: str | None,
@@ -1005,7 +1010,8 @@ class ThreadScheduler(Scheduler):
         release if the handler has returned, at once otherwise)."""
         with self._lock:
             entry.unrecorded = None
-            entry.announce = applied and entry.returned
+            # never clears an announcement another record of the run owes
+            entry.announce = entry.announce or (applied and entry.returned)
             now = applied and not entry.returned
         if now:
             self._announce_end(entry.run_id, entry.job)
@@ -1111,7 +1117,7 @@ class ThreadScheduler(Scheduler):
             for entry, done in zip(batch, applied):
                 entry.queued_end = entry.unrecorded = None
                 # as _recorded and _release do one by one
-                entry.announce = done and entry.returned
+                entry.announce = entry.announce or (done and entry.returned)
                 if not entry.returned:
                     if done:
                         early.append(entry)
@@ -1185,8 +1191,12 @@ class ThreadScheduler(Scheduler):
                 self._release(entry)
 
     def _end(self, entry: _InFlight, status: RunStatus, error: str) -> None:
-        """Record a run terminal while its handler may still be running."""
-        entry.ended = True
+        """Record a run terminal while its handler may still be running,
+        unless its end is decided already (see _finished)."""
+        with self._lock:
+            if entry.ended:
+                return
+            entry.ended = True
         # Record, then signal (see unregister_plugin).
         self._write_end(entry, status, error)
         entry.context.request_cancel(error)
@@ -1254,7 +1264,8 @@ class ThreadScheduler(Scheduler):
             run = self.store.get_run(entry.run_id)
             if run is None or not run.status.terminal:
                 continue  # finished here meanwhile, or not ours to judge
-            entry.ended = True
+            with self._lock:
+                entry.ended = True
             entry.context.request_cancel(run.error or f"run {run.status.value} elsewhere")
             logger.warning("pjcore run {run} of {job} was ended by another scheduler ({status})",
                            run=entry.run_id, job=entry.job.job_key, status=run.status.value)

@@ -1007,6 +1007,38 @@ def test_loop_wakes_for_a_timeout_deadline(memory_env):
     assert saw_cancel.wait(5)
 
 
+def test_a_handler_returning_as_its_timeout_is_decided_has_one_end_announced(
+        env_factory, monkeypatch):
+    # The timeout sweep picks the run, then the handler returns and queues
+    # its end before the sweep records the timeout: one of the two decides
+    # the end, and that end is the one recorded and announced (the second
+    # record used to be refused and to clear the first's announcement).
+    env = env_factory(lease_seconds=3600)
+    env.load(decl("sync", "0 12 * * *", timeout_seconds=30))
+    release = threading.Event()
+    env.handle("sync", lambda ctx: release.wait(10))
+    real_end = env.scheduler._end
+
+    def end(entry, status, error):
+        release.set()
+        wait_for(lambda: entry.queued_end is not None, 5, "the handler's queued end")
+        real_end(entry, status, error)
+
+    monkeypatch.setattr(env.scheduler, "_end", end)
+    env.clock.set(hm(12, 0))
+    env.scheduler.start()
+    (run,) = wait_for(lambda: env.runs())
+    env.wait_status(run.id, "running")
+    env.clock.advance(seconds=31)
+    wait_for(lambda: env.run(run.id).status.terminal and not env.scheduler.diagnostics()[
+        "active_run_ids"], 5, "the run's end")
+    stored = env.run(run.id)
+    assert stored.status is RunStatus.succeeded  # the handler decided first
+    wait_for(lambda: [r for r, _ in env.events_of("run_finished")], 5, "run_finished")
+    finished = [r for r, _ in env.events_of("run_finished") if r.id == run.id]
+    assert [r.status for r in finished] == [RunStatus.succeeded]
+
+
 # -- manual trigger -------------------------------------------------------------------------
 
 
