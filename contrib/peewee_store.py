@@ -466,16 +466,9 @@ def _column(value: Any) -> Any:
 
 
 def _job(row: dict[str, Any]) -> Job:
-    return Job(
-        **{k: row[k] for k in ("id", "plugin_id", "plugin_key", "job_key", "display_name",
-                               "description", "schedule", "timezone", "status",
-                               "paused_by", "status_reason", "missed_count")},
-        policy=JobPolicy.from_dict(json.loads(row["policy"])),
-        next_run_at=from_micros(row["next_run_at"]),
-        last_run_at=from_micros(row["last_run_at"]),
-        created_at=from_micros(row["created_at"]),
-        updated_at=from_micros(row["updated_at"]),
-    )
+    # as the hot path builds a job: positionally, its stored policy text
+    # parsed once (a sync reads every job of the plugin)
+    return _build_job(tuple(row[c] for c in _JOB_COLUMNS))
 
 
 def _run(row: dict[str, Any]) -> JobRun:
