@@ -123,9 +123,8 @@ class ThreadRunner(Runner):
         self._pool: _Pool | None = None
         self._stopped = False
         self._lock = threading.Lock()
-        #: calls from submit() or call() until their done callbacks have run
-        self._busy = 0
         #: the current pool and the closed ones with calls still to finish
+        #: (their ``busy`` counts are every call not yet done)
         self._pools: list[_Pool] = []
         #: notified as the last calls finish (a stop() may wait on it)
         self._drained = threading.Condition(self._lock)
@@ -178,7 +177,6 @@ class ThreadRunner(Runner):
             pool = self._ensure_pool()
             if not _summon(pool):
                 return Outcome("cancelled", f"the runner cannot start work: {pool.start_error}")
-            self._busy += 1
             pool.busy += 1
             pool.calls.append((future, handler, context, done))
         return None
@@ -190,7 +188,7 @@ class ThreadRunner(Runner):
             if self._stopped or _exiting:
                 return 0
             capacity = self.max_workers if self._pool is None else self._pool.capacity
-            return max(0, capacity - self._busy)
+            return max(0, capacity - sum(pool.busy for pool in self._pools))
 
     def stop(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -214,7 +212,6 @@ class ThreadRunner(Runner):
 
     def _finished_one(self, pool: _Pool) -> None:
         """A call of *pool*'s has run, done callbacks included. Under the lock."""
-        self._busy -= 1
         pool.busy -= 1
         if pool.busy <= 1:  # a stop() may wait (from a call of its own: for 1)
             if not pool.busy and pool.closing:
