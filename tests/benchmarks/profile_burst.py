@@ -114,6 +114,11 @@ class ThreadCPU:
             self.by_role[name.rstrip("0123456789_")] += spent - self._before.get(ident, 0.0)
 
 
+def _kind(sql: str) -> str:
+    """A statement's first keyword, upper case (``SELECT``, ``COMMIT`` ...)."""
+    return sql.lstrip().split(None, 1)[0].upper() if sql else "?"
+
+
 class StatementCounter:
     """Counts what peewee sends to the database, by first keyword, in every thread."""
 
@@ -143,7 +148,7 @@ class StatementCounter:
 
         def many(store, stmt, rows):
             for _ in rows:
-                self._add(stmt.sql.lstrip().split(None, 1)[0].upper())
+                self._add(_kind(stmt.sql))
             return original(store, stmt, rows)
 
         PeeweeJobStore._exec_many = many
@@ -155,7 +160,7 @@ class StatementCounter:
 
     def _counting(self, original, kind):
         def counted(db, *args, **kwargs):
-            self._add(kind or args[0].lstrip().split(None, 1)[0].upper())
+            self._add(kind or _kind(args[0]))
             return original(db, *args, **kwargs)
 
         return counted
@@ -181,34 +186,25 @@ class DriverTime:
         sqlite3 = pw.sqlite3
         clock, add = time.thread_time, self._add
 
+        def timed(kind: str, call, *args):
+            start = clock()
+            try:
+                return call(*args)
+            finally:
+                add(kind, clock() - start)
+
         class Cursor(sqlite3.Cursor):
             def execute(self, sql, *args):
-                start = clock()
-                try:
-                    return super().execute(sql, *args)
-                finally:
-                    add(sql, clock() - start)
+                return timed(_kind(sql), super().execute, sql, *args)
 
             def executemany(self, sql, *args):
-                start = clock()
-                try:
-                    return super().executemany(sql, *args)
-                finally:
-                    add(sql, clock() - start)
+                return timed(_kind(sql), super().executemany, sql, *args)
 
             def fetchall(self):
-                start = clock()
-                try:
-                    return super().fetchall()
-                finally:
-                    add("fetch", clock() - start)
+                return timed("FETCH", super().fetchall)
 
             def fetchone(self):
-                start = clock()
-                try:
-                    return super().fetchone()
-                finally:
-                    add("fetch", clock() - start)
+                return timed("FETCH", super().fetchone)
 
         class Connection(sqlite3.Connection):
             def cursor(self, factory=Cursor):
@@ -226,8 +222,7 @@ class DriverTime:
     def __exit__(self, *exc) -> None:
         pw.sqlite3.connect = self._saved
 
-    def _add(self, sql: str, seconds: float) -> None:
-        kind = sql.lstrip().split(None, 1)[0].upper() if sql else "?"
+    def _add(self, kind: str, seconds: float) -> None:
         with self._lock:
             self.by_kind[kind] += seconds
 
