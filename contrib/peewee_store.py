@@ -94,6 +94,7 @@ _LIVE_SQL = pw.SQL("('queued', 'running')")
 _TERMINAL = [s.value for s in RunStatus if s.terminal]
 _CHUNK = 60  # rows or ids per statement: under 999 bound parameters (old SQLite builds)
 _JOBS_PER_INSERT = 50  # job rows per INSERT: 17 parameters each, 850 in all
+_ROWS_PER_PAGE = 200  # statements per round trip where PostgreSQL takes many at once
 _RUNS_PER_INSERT = 50  # claimed runs: 12 parameters each
 #: UPDATE ... RETURNING: SQLite 3.35 and later (PostgreSQL always)
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
@@ -1097,6 +1098,23 @@ class PeeweeJobStore(BaseJobStore):
             cursor.executemany(stmt.sql, [stmt.params(r) for r in rows])
         return cursor.rowcount
 
+    def _exec_batch(self, stmt: _Prepared, rows: Sequence[Sequence[Any]]) -> None:
+        """:meth:`_exec` for each of *rows*, where the caller needs no row
+        count: psycopg2's ``executemany`` makes a round trip per row (1,000
+        rescheduled jobs took about 100 ms on localhost), so PostgreSQL gets
+        the statements in pages of many, one round trip each. (psycopg 3
+        pipelines an ``executemany`` by itself.)"""
+        if not rows:
+            return
+        if not self._pg or psycopg2 is None:
+            self._exec_many(stmt, rows)
+            return
+        from psycopg2.extras import execute_batch
+
+        with pw.__exception_wrapper__:
+            execute_batch(self._db.cursor(), stmt.sql, [stmt.params(r) for r in rows],
+                          page_size=_ROWS_PER_PAGE)
+
     def _lock(self, query: pw.Select) -> pw.Select:
         return query.for_update() if self._pg else query
 
@@ -1225,7 +1243,7 @@ class PeeweeJobStore(BaseJobStore):
                 updates.setdefault(columns, []).append(
                     (*(_column(change.values[c]) for c in columns), change.job_id))
             for columns, rows in updates.items():
-                self._exec_many(self._sql.get(("update_job", columns)), rows)
+                self._exec_batch(self._sql.get(("update_job", columns)), rows)
         return plan.result()
 
     @_operation

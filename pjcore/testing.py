@@ -231,6 +231,28 @@ class JobStoreContract:
         assert job.next_run_at == hm(10, 45)
         assert job.updated_at == at(60)
 
+    def test_sync_updates_every_job_of_a_large_manifest(self, store):
+        # more jobs than a store writes in one statement or one round trip;
+        # a quarter unchanged, the rest rescheduled, some renamed as well
+        keys = [f"job-{i:03d}" for i in range(600)]
+        ids = {k: j.id for k, j in self.seed(store, *(declaration(k) for k in keys)).items()}
+        changed = [declaration(k) if i % 4 == 0 else
+                   declaration(k, "*/5 * * * *", description=f"now {i}" if i % 4 == 1 else None)
+                   for i, k in enumerate(keys)]
+        result = self.sync(store, *changed, now=hm(10, 52))
+        assert sorted(result.unchanged) == keys[::4]
+        assert sorted(result.updated) == [k for i, k in enumerate(keys) if i % 4]
+        jobs = {j.job_key: j for j in store.list_jobs(PLUGIN)}
+        assert {k: j.id for k, j in jobs.items()} == ids
+        for i, key in enumerate(keys):
+            job = jobs[key]
+            if i % 4 == 0:
+                assert (job.schedule, job.next_run_at, job.updated_at) == (EVERY_15, hm(10, 45), T0), key
+            else:
+                assert (job.schedule, job.next_run_at, job.updated_at) == (
+                    "*/5 * * * *", hm(10, 55), hm(10, 52)), key
+            assert job.description == (f"now {i}" if i % 4 == 1 else None), key
+
     # -- sync: pauses and re-activation --------------------------------------
 
     def test_sync_pauses_jobs_missing_from_the_manifest_and_keeps_their_runs(self, store):
