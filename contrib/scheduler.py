@@ -87,6 +87,17 @@ MAX_BACKOFF = 30.0
 RECORD_RETRY = 1.0
 
 
+def _guarded(notify: Notify) -> Notify:
+    """*notify*, its exceptions logged: an observer's failure must not leave a
+    run's place taken or a sweep's follow-ups undone."""
+    def call(hook_name: str, **kwargs: Any) -> None:
+        try:
+            notify(hook_name, **kwargs)
+        except Exception:
+            logger.exception("pjcore observer of {hook} raised; ignored", hook=hook_name)
+    return call
+
+
 def default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -222,7 +233,7 @@ class ThreadScheduler(Scheduler):
         self.owner = owner or default_owner()
         self._spread_seed = zlib.crc32(f"{self.owner}/".encode())
         self._resolve = resolve
-        self._notify = notify or (lambda *a, **k: None)
+        self._notify = _guarded(notify) if notify else (lambda *a, **k: None)
         # ``notify.has_listeners(hook_name)``, when the callable offers it,
         # tells whether anyone listens: nobody listening, nothing is read
         # back from the store for an announcement
@@ -259,6 +270,8 @@ class ThreadScheduler(Scheduler):
         # instants of rounds whose claims raised: a run such a claim recorded
         # running (committed all the same) has created_at == started_at == it
         self._failed_claims: set[datetime] = set()
+        # runs recorded abandoned whose announcement or retry is still owed
+        self._abandoned: list[tuple[JobRun, bool]] = []  # (run, announced)
         # runs whose end this scheduler gave up recording: never adopted
         self._given_up: set[str] = set()
         self._recovering = False  # the last tick failed: see _round
@@ -1278,14 +1291,33 @@ class ThreadScheduler(Scheduler):
                 if self._reconcile_at is not None and now < self._reconcile_at:
                     return
                 self._reconcile_at = now + timedelta(seconds=self.lease_seconds / 3)
-        for run in self.store.abandon_runs(now=now, owner=owner):
+        abandoned = self.store.abandon_runs(now=now, owner=owner)
+        for run in abandoned:
             logger.warning("pjcore run {run} of {job} was abandoned: {error}",
                            run=run.id, job=run.job_key, error=run.error)
-            job = self.store.get_job(run.job_id)
-            if job is None:
-                continue
-            self._notify("run_finished", run=run, job=job)
-            self._retry_abandoned(run, job, now)
+        with self._lock:
+            # runs an earlier sweep recorded abandoned but could not follow up
+            owed, self._abandoned = self._abandoned + [(r, False) for r in abandoned], []
+        # The store no longer lists them as in flight: a follow-up the store
+        # refuses now is kept for the next sweep, or it would never happen.
+        for i, (run, announced) in enumerate(owed):
+            try:
+                job = self.store.get_job(run.job_id)
+                if job is None:
+                    continue
+                if not announced:
+                    self._notify("run_finished", run=run, job=job)
+                    owed[i] = (run, True)
+                self._retry_abandoned(run, job, now)
+            except StoreError as exc:
+                with self._lock:
+                    self._abandoned.extend(owed[i:])
+                logger.warning("pjcore could not follow up {n} abandoned run(s) yet: {error}",
+                               n=len(owed) - i, error=exc)
+                raise
+            except Exception:
+                logger.exception("pjcore could not follow up abandoned run {run} of {job}",
+                                 run=run.id, job=run.job_key)
 
     def _adopt_orphans(self, now: datetime) -> None:
         """Dispatch runs of this scheduler that it does not know about.

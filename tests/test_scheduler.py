@@ -1564,6 +1564,43 @@ def test_a_late_abandoned_slot_is_not_retried(memory_env):
     assert [r.status for r in env.runs()] == [RunStatus.abandoned]
 
 
+def test_abandoned_runs_are_announced_and_retried_even_when_the_store_failed_midway(
+        memory_env, monkeypatch):
+    # abandon_runs commits every expired run at once; a store failure while
+    # following them up must not lose the rest, which no later sweep would see
+    env = memory_env()
+    jobs = env.load(*[decl(f"j{i}", on_abandoned="retry") for i in range(3)])
+    for i in range(3):
+        env.handle(f"j{i}", lambda ctx: None)
+        env.store.create_run(jobs[f"j{i}"].id, trigger="schedule", now=hm(10, 45),
+                             scheduled_for=hm(10, 45), owner="dead", lease_until=hm(10, 46))
+    real_get_job, failures = env.store.get_job, [1]
+
+    def get_job(job_id):
+        if failures:
+            failures.pop()
+            raise StoreError("database is locked")
+        return real_get_job(job_id)
+
+    monkeypatch.setattr(env.store, "get_job", get_job)
+    env.clock.set(hm(10, 47))
+    with pytest.raises(StoreError):
+        env.scheduler.tick()
+    # the round after a failed one puts the sweep off by a lease (other
+    # schedulers may have been cut off too)
+    env.clock.set(hm(10, 47, 1))
+    env.scheduler.tick()
+    env.clock.set(hm(10, 48, 2))
+    env.scheduler.tick()
+    env.settle()
+    abandoned = [r.id for r, _ in env.events_of("run_finished")
+                 if r.status is RunStatus.abandoned]
+    assert len(abandoned) == len(set(abandoned)) == 3
+    for i in range(3):
+        assert sorted((r.attempt, r.status.value) for r in env.runs(f"j{i}")) == [
+            (1, "abandoned"), (2, "succeeded")]
+
+
 def test_start_reclaims_the_runs_its_owner_left_behind(memory_env):
     env = memory_env(owner="host-1")
     job = env.load(decl("sync"), decl("other"))
@@ -1714,6 +1751,35 @@ def test_a_raising_notify_leaves_no_run_holding_a_place():
         started = time.monotonic()
         scheduler.stop(5)
         assert time.monotonic() - started < 2  # nothing left to drain
+        runner.stop()
+
+
+def test_a_raising_notify_frees_the_place_of_a_run_ended_off_the_loop():
+    # Ticks by hand: the worker records and releases its own run. An
+    # observer that raised there used to keep the run in flight for good,
+    # so a scheduler capped at one never started anything again.
+    store = MemoryJobStore()
+    clock = ManualClock(T0)
+    runner = ThreadRunner(max_workers=1)
+
+    def notify(name, run, job):
+        if name == "run_finished":
+            raise RuntimeError("observer down")
+
+    scheduler = ThreadScheduler(store=store, runner=runner, clock=clock, notify=notify,
+                                max_concurrent=1,
+                                resolve=lambda plugin_key, job_key: (lambda ctx: None))
+    try:
+        store.sync_jobs(PLUGIN, KEY, [decl("j", "* * * * *")], now=clock.now())
+        scheduler.register_plugin(PLUGIN, KEY)
+        for minute in (31, 32):
+            clock.set(hm(10, minute))
+            assert scheduler.tick() == 1
+            wait_for(lambda: not scheduler.diagnostics()["active_run_ids"], 5, "place free")
+        assert [r.status for r in store.list_runs(plugin_id=PLUGIN).runs] == [
+            RunStatus.succeeded] * 2
+    finally:
+        scheduler.stop(5)
         runner.stop()
 
 
