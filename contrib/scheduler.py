@@ -155,6 +155,9 @@ class _InFlight:
     listen_started: bool | None = None
     #: left _inflight (guards against a double release)
     released: bool = False
+    #: an end decided while the handler ran (timeout, shutdown) is being
+    #: written: the release waits for the write (see :meth:`ThreadScheduler._end`)
+    recording: bool = False
 
     def running(self, owner: str) -> JobRun:
         """The run as the store holds it since the loop marked it running."""
@@ -1033,7 +1036,7 @@ class ThreadScheduler(Scheduler):
         """Free the job once the handler has returned and the end is recorded."""
         with self._lock:
             if (entry.released or not entry.returned or entry.unrecorded is not None
-                    or entry.queued_end is not None):
+                    or entry.queued_end is not None or entry.recording):
                 return
             entry.released = True
             if self._busy.get(entry.job.id) == entry.run_id:
@@ -1209,10 +1212,18 @@ class ThreadScheduler(Scheduler):
         with self._lock:
             if entry.ended:
                 return
-            entry.ended = True
-        # Record, then signal (see unregister_plugin).
-        self._write_end(entry, status, error)
+            # The handler may return while the end is written: its release
+            # then waits for the write, which decides the announcement (or
+            # keeps the end for a retry if the store refuses it).
+            entry.ended = entry.recording = True
+        try:
+            # Record, then signal (see unregister_plugin).
+            self._write_end(entry, status, error)
+        finally:
+            with self._lock:
+                entry.recording = False
         entry.context.request_cancel(error)
+        self._release(entry)  # if the handler returned meanwhile
 
     def _record(self, run_id: str, job: Job, status: RunStatus, error: str) -> None:
         """Record a run that never reached the runner."""

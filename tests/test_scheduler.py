@@ -1039,6 +1039,48 @@ def test_a_handler_returning_as_its_timeout_is_decided_has_one_end_announced(
     assert [r.status for r in finished] == [RunStatus.succeeded]
 
 
+def test_a_handler_returning_while_its_timeout_is_written_has_the_timeout_announced():
+    # The sweep decided the timeout and is writing it when the handler
+    # returns: the release waits for the write, so the recorded end is
+    # announced (it used to be released unannounced in between).
+    class SlowTimeouts(MemoryJobStore):
+        writing, proceed = threading.Event(), threading.Event()
+
+        def complete_run(self, run_id, *, status, now, error=None, error_detail=None):
+            if error and "timed out" in error:
+                self.writing.set()
+                self.proceed.wait(5)
+            return super().complete_run(run_id, status=status, now=now, error=error,
+                                        error_detail=error_detail)
+
+    env = Env(SlowTimeouts(), default_timeout=60)
+    try:
+        env.load(decl("sync", "0 12 * * *"))
+        release = threading.Event()
+        env.handle("sync", lambda ctx: release.wait(10))
+        env.clock.set(hm(12, 0))
+        assert env.scheduler.tick() == 1
+        (run,) = env.runs()
+        env.wait_status(run.id, "running")
+        env.clock.advance(seconds=61)
+        sweep = threading.Thread(target=env.scheduler.tick)
+        sweep.start()
+        assert env.store.writing.wait(5)
+        release.set()  # the handler returns while the timeout is written
+        time.sleep(0.2)
+        assert env.scheduler.diagnostics()["active_run_ids"] == [run.id]  # waits for the write
+        env.store.proceed.set()
+        sweep.join(5)
+        env.settle()
+        assert env.run(run.id).status is RunStatus.failed
+        assert [(r.id, r.status) for r, _ in env.events_of("run_finished")] == [
+            (run.id, RunStatus.failed)]
+        assert env.scheduler.diagnostics()["busy_job_ids"] == []
+    finally:
+        env.store.proceed.set()
+        env.close()
+
+
 # -- manual trigger -------------------------------------------------------------------------
 
 
