@@ -291,6 +291,9 @@ class ThreadScheduler(Scheduler):
         # submitting thread, and an observer may trigger a run from there
         # (it freed its worker first, so the count still holds).
         self._submit_lock = threading.RLock()
+        # callbacks: how deep the thread is in this scheduler's calls of a
+        # handler or an observer (see in_callback)
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"ThreadScheduler(owner={self.owner!r}, max_concurrent={self.max_concurrent})"
@@ -319,18 +322,40 @@ class ThreadScheduler(Scheduler):
             self._thread = threading.Thread(target=self._loop, name="pjcore-scheduler", daemon=True)
             self._thread.start()
 
+    def in_callback(self) -> bool:
+        return (threading.get_ident() == self._loop_ident
+                or getattr(self._local, "callbacks", 0) > 0)
+
     def stop(self, timeout: float | None = 10.0) -> None:
+        if self.in_callback():
+            # An observer on the loop (which holds the record lock while it
+            # announces) or a handler (whose run is in flight): waiting here
+            # would wait for the caller. Nothing starts from now on; the
+            # rest of the stop waits in a thread of its own.
+            with self._lock:
+                self._stopping = True
+            self._wake.set()
+            threading.Thread(target=self._stop, args=(timeout,), name="pjcore-stop").start()
+            return
+        self._stop(timeout)
+
+    def _stop(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             thread, self._thread = self._thread, None
             self._stopping = True  # tick and trigger start nothing from now on
         self._wake.set()
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            # the loop ends after its round; a round held up by the store
+            # is not waited for beyond the timeout
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                logger.warning("pjcore scheduler loop is still in a round (a store call?) "
+                               "as it stops")
         # Wait for the entries to leave _inflight, not for the runner's
         # futures: a future is done before its callback has recorded the
         # outcome, and a run must not be called "shutdown" after it succeeded.
         # The loop is gone, so ends the store refused are retried here.
-        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._flush_ends()
             self._flush_records()
@@ -400,6 +425,13 @@ class ThreadScheduler(Scheduler):
 
     def _loop(self) -> None:
         self._loop_ident = threading.get_ident()
+        try:
+            self._loop_rounds()
+        finally:
+            # a later thread may get the same ident
+            self._loop_ident = None
+
+    def _loop_rounds(self) -> None:
         last_failure: tuple | None = None
         while not self._stopping:
             self._wake.clear()  # before the tick, so a wake() during it is kept
@@ -864,6 +896,14 @@ class ThreadScheduler(Scheduler):
             self._finished(entry, Outcome("failed", f"runner error: {exc!r}"))
 
     def _execute(self, entry: _InFlight, context: JobContext) -> Any:
+        local = self._local
+        local.callbacks = getattr(local, "callbacks", 0) + 1
+        try:
+            return self._call_handler(entry, context)
+        finally:
+            local.callbacks -= 1
+
+    def _call_handler(self, entry: _InFlight, context: JobContext) -> Any:
         """Runs in the worker: start the run (unless the loop did), then the handler."""
         started = None
         if entry.started_at is None:
@@ -956,6 +996,16 @@ class ThreadScheduler(Scheduler):
                              job=job.job_key)
 
     def _finished(self, entry: _InFlight, outcome: Outcome) -> None:
+        local = self._local
+        local.callbacks = getattr(local, "callbacks", 0) + 1
+        try:
+            self._end_of_call(entry, outcome)
+        finally:
+            local.callbacks -= 1
+
+    def _end_of_call(self, entry: _InFlight, outcome: Outcome) -> None:
+        """A handler's *outcome*, on its worker: decided, queued for the loop
+        or recorded here, and the job released."""
         kind = outcome.status if isinstance(outcome, Outcome) else None
         status = _STATUSES.get(kind) if isinstance(kind, str) else None
         if status is None:  # a runner's bug: recorded, and never leaves the job busy

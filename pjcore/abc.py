@@ -575,7 +575,19 @@ class Scheduler(metaclass=ABCMeta):
     def stop(self, timeout: float | None = 10.0) -> None:
         """Stop starting runs, wait up to *timeout* seconds for runs in flight,
         record those still running as ``cancelled`` with reason "shutdown".
-        Idempotent; safe before :meth:`start`."""
+        Idempotent; safe before :meth:`start`.
+
+        Called from one of the scheduler's own callbacks (an observer, a
+        handler), where waiting would wait for the caller itself, it starts
+        no run from then on and finishes the stop in a thread of its own,
+        returning at once (see :meth:`in_callback`)."""
+
+    def in_callback(self) -> bool:
+        """Whether the calling thread is inside one of this scheduler's
+        callbacks (a handler, an observer it notifies). A host that stops
+        its other parts after the scheduler (the runner, the store) does so
+        in a thread of its own then. The default: never."""
+        return False
 
     @abstractmethod
     def register_plugin(self, plugin_id: str, plugin_key: str) -> None:

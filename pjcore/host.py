@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
@@ -173,10 +174,21 @@ class Host:
         return self
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Stop the scheduler, draining runs up to *timeout*, then close the store."""
+        """Stop the scheduler, draining runs up to *timeout*, then close the store.
+
+        Called from a handler or an observer of this Host's scheduler, it
+        returns at once and stops in a thread of its own: the drain waits
+        for the caller's own run or announcement to end."""
         if self._closed:
             return
         self._closed = True
+        in_callback = getattr(self.scheduler, "in_callback", None)
+        if in_callback is not None and in_callback():
+            threading.Thread(target=self._stop, args=(timeout,), name="pjcore-host-stop").start()
+            return
+        self._stop(timeout)
+
+    def _stop(self, timeout: float | None) -> None:
         try:
             self.scheduler.stop(timeout)
             self.runner.stop(0)
