@@ -17,7 +17,6 @@ from pjcore.exceptions import (
     InvalidArgument,
     JobAlreadyRunning,
     JobLookupError,
-    JobStateError,
     SlotAlreadyClaimed,
     StoreError,
 )
@@ -141,10 +140,7 @@ class MemoryJobStore(BaseJobStore):
             if job.status is JobStatus.active:
                 return job
             if job.paused_by is PausedBy.manifest:
-                raise JobStateError(
-                    f'Job "{job.job_key}" is paused because the manifest of plugin '
-                    f"{job.plugin_key!r} no longer declares it; declare it again to resume it"
-                )
+                raise self.manifest_paused_error(job)
             job = attrs.evolve(
                 job,
                 status=JobStatus.active,
@@ -345,22 +341,24 @@ class MemoryJobStore(BaseJobStore):
         lease_until, now = as_aware_utc(lease_until), as_aware_utc(now)
         renewed = []
         with self._open():
-            for run_id in run_ids:
+            # an id asked for twice is still one run renewed
+            for run_id in dict.fromkeys(run_ids):
                 run = self._runs.get(run_id)
                 if run is not None and run.owner == owner and run.status in NON_TERMINAL:
                     self._runs[run_id] = attrs.evolve(run, lease_until=lease_until)
-                    renewed.append(run_id)
-        return renewed
+                    renewed.append(run)
+        # in the order every store returns runs in: not the caller's, nor the dict's
+        return [r.id for r in sorted(renewed, key=_run_order)]
 
     def abandon_runs(self, *, now: datetime, owner: str | None = None) -> list[JobRun]:
         now = as_aware_utc(now)
         with self._open():
-            victims = [
+            victims = sorted((
                 r for r in self._runs.values()
                 if r.status in NON_TERMINAL and (
                     r.owner == owner if owner is not None
                     else r.lease_until is not None and r.lease_until < now)
-            ]
+            ), key=_run_order)
             out = []
             for run in victims:
                 error = f"scheduler {run.owner} stopped renewing its lease"
@@ -412,13 +410,13 @@ class MemoryJobStore(BaseJobStore):
     ) -> list[str]:
         now = as_aware_utc(now)
         with self._open():
-            victims = [
+            victims = sorted((
                 r
                 for r in self._runs.values()
                 if r.plugin_id == plugin_id
                 and (job_id is None or r.job_id == job_id)
                 and r.status in NON_TERMINAL
-            ]
+            ), key=_run_order)
             for run in victims:
                 self._runs[run.id] = self._finish(run, RunStatus.cancelled, now, reason, None)
             return [r.id for r in victims]

@@ -34,7 +34,6 @@ from pjcore.exceptions import (
     ConfigurationError,
     JobAlreadyRunning,
     JobLookupError,
-    JobStateError,
     SlotAlreadyClaimed,
     StoreError,
 )
@@ -1307,10 +1306,7 @@ class PeeweeJobStore(BaseJobStore):
             if job.status is JobStatus.active:
                 return job
             if job.paused_by is PausedBy.manifest:
-                raise JobStateError(
-                    f'Job "{job.job_key}" was paused because its plugin no longer declares '
-                    "it; declare it again to resume it"
-                )
+                raise self.manifest_paused_error(job)
             J.update(
                 status=JobStatus.active.value,
                 paused_by=None,
@@ -1837,15 +1833,18 @@ class PeeweeJobStore(BaseJobStore):
         R = self._Run
         until_us = _req(lease_until)
         _req(now)
-        renewed: list[str] = []
+        renewed: list[tuple[int, str]] = []
         with self._write():
-            for chunk in _chunks(list(run_ids)):
+            # deduplicated first: an id repeated in two chunks would be returned twice
+            for chunk in _chunks(list(dict.fromkeys(run_ids))):
                 mine = R.id.in_(chunk) & (R.owner == owner) & R.status.in_(_LIVE_SQL)
-                ids = [i for (i,) in self._lock(R.select(R.id).where(mine)).tuples()]
-                if ids:
-                    R.update(lease_until=until_us).where(R.id.in_(ids)).execute()
-                renewed += ids
-        return renewed
+                rows = list(self._lock(R.select(R.created_at, R.id).where(mine)).tuples())
+                if rows:
+                    R.update(lease_until=until_us).where(
+                        R.id.in_([i for _, i in rows])).execute()
+                renewed += rows
+        # (created_at, id), as every store returns runs, whatever the chunks
+        return [run_id for _, run_id in sorted(renewed)]
 
     @_operation
     def abandon_runs(self, *, now: datetime, owner: str | None = None) -> list[JobRun]:
@@ -1962,7 +1961,10 @@ class PeeweeJobStore(BaseJobStore):
                 rank = pw.fn.ROW_NUMBER().over(
                     partition_by=[R.job], order_by=[R.created_at.desc(), R.id.desc()]
                 )
-                ranked = R.select(R.id.alias("rid"), rank.alias("rn")).alias("ranked")
+                # Only finished runs are ranked: a run in flight counted among
+                # the newest would cost the job its newest finished run.
+                ranked = (R.select(R.id.alias("rid"), rank.alias("rn"))
+                          .where(R.status.in_(_TERMINAL)).alias("ranked"))
                 beyond = pw.Select([ranked], [ranked.c.rid]).where(ranked.c.rn > keep_per_job)
                 deleted += R.delete().where(terminal & R.id.in_(beyond)).execute()
         return deleted

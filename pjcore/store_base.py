@@ -7,6 +7,7 @@ planning and the cursor format; nothing requires it.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -15,7 +16,7 @@ from typing import Any, Sequence
 
 import attrs
 
-from pjcore.exceptions import InvalidArgument
+from pjcore.exceptions import InvalidArgument, JobStateError
 
 from pjcore import cron
 from pjcore.abc import JobStore
@@ -194,16 +195,29 @@ def plan_sync(
     return SyncPlan(inserts=tuple(inserts), changes=tuple(changes), unchanged=tuple(unchanged))
 
 
+def manifest_paused_error(job: Job) -> JobStateError:
+    """The error of resuming *job*, paused because its manifest dropped it."""
+    return JobStateError(
+        f'Job "{job.job_key}" is paused because the manifest of plugin '
+        f"{job.plugin_key!r} no longer declares it; declare it again to resume it"
+    )
+
+
 def encode_cursor(created_at: datetime, run_id: str) -> str:
     micros = to_micros(created_at)
     return f"{micros}:{run_id}"
+
+
+_MICROS = re.compile(r"-?[0-9]+")
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
     if not isinstance(cursor, str):
         raise InvalidArgument(f"malformed cursor {cursor!r}")
     head, sep, run_id = cursor.partition(":")
-    if not sep or not run_id or not head.lstrip("-").isdigit() or len(cursor) > 200:
+    # ASCII digits only: str.isdigit() also accepts "²" (which int() refuses)
+    # and "٣" (which it reads as 3).
+    if not sep or not run_id or not _MICROS.fullmatch(head) or len(cursor) > 200:
         raise InvalidArgument(f"malformed cursor {cursor[:60]!r}")
     micros = int(head)
     if not -(2**63) <= micros < 2**63:  # the stores keep instants in 64-bit columns
@@ -286,3 +300,4 @@ class BaseJobStore(JobStore):
     duration_ms = staticmethod(duration_ms)
     new_id = staticmethod(new_id)
     first_fire = staticmethod(first_fire)
+    manifest_paused_error = staticmethod(manifest_paused_error)

@@ -412,9 +412,11 @@ class JobStoreContract:
         job = self.one_job(store)
         self.sync(store, now=at(1))
         paused = store.get_job(job.id)
-        with pytest.raises(JobStateError):
+        with pytest.raises(JobStateError) as excinfo:
             store.resume_job(job.id, now=at(2))
         assert store.get_job(job.id) == paused
+        # the operator is told which job, and which plugin must declare it again
+        assert '"tick"' in str(excinfo.value) and repr(PLUGIN_KEY) in str(excinfo.value)
 
     # -- set_next_run ---------------------------------------------------------
 
@@ -1103,6 +1105,30 @@ class JobStoreContract:
         assert store.get_run(old.id).status is RunStatus.abandoned
         assert store.get_run(other.id).status is RunStatus.queued
 
+    def _leased_out_of_order(self, store, job: Job, owner: str, lease_until: datetime) -> list[JobRun]:
+        # created out of order, two at one instant (the order of the results
+        # is not part of the contract: each run, once)
+        return [store.create_run(job.id, trigger="manual", now=at(m), exclusive=False,
+                                 owner=owner, lease_until=lease_until) for m in (2, 0, 1, 0)]
+
+    def test_renew_leases_returns_each_run_once(self, store):
+        job = self.one_job(store)
+        runs = self._leased_out_of_order(store, job, "s1", at(30))
+        ids = self.ids(runs)
+        # repeated past any batch size a store may split the ids into
+        asked = (ids[::-1] + ["nope"] + ids) * 100
+        renewed = store.renew_leases("s1", asked, lease_until=at(40), now=at(3))
+        assert sorted(renewed) == sorted(ids) and len(set(renewed)) == len(renewed)
+        assert all(store.get_run(i).lease_until == at(40) for i in ids)
+
+    def test_abandon_runs_returns_each_run_once(self, store):
+        jobs = self.seed(store, declaration("a"), declaration("b"))
+        expired = self._leased_out_of_order(store, jobs["a"], "dead", at(10))
+        owned = self._leased_out_of_order(store, jobs["b"], "s1", at(99))
+        assert sorted(self.ids(store.abandon_runs(now=at(11)))) == sorted(self.ids(expired))
+        gone = store.abandon_runs(now=at(12), owner="s1")
+        assert sorted(self.ids(gone)) == sorted(self.ids(owned))
+
     # -- list_runs -------------------------------------------------------------
 
     def _runs_with_ties(self, store, job: Job) -> list[JobRun]:
@@ -1219,6 +1245,15 @@ class JobStoreContract:
         assert store.get_run(foreign.id) == foreign
         assert store.cancel_runs("no-such-plugin", reason="r", now=at(2)) == []
 
+    def test_cancel_runs_returns_each_id_once(self, store):
+        jobs = self.seed(store, declaration("a"), declaration("b"))
+        runs = [self.run(store, jobs[key], at(m), status)
+                for key, m, status in (("b", 2, "queued"), ("a", 0, "running"),
+                                       ("b", 1, "running"), ("a", 0, "queued"),
+                                       ("a", 3, "queued"))]
+        cancelled = store.cancel_runs(PLUGIN, reason="r", now=at(5))
+        assert sorted(cancelled) == sorted(self.ids(runs))
+
     # -- delete_plugin ---------------------------------------------------------
 
     def test_delete_plugin_removes_its_jobs_and_runs_only(self, store):
@@ -1268,6 +1303,19 @@ class JobStoreContract:
         remaining = self.ids(store.list_runs(limit=100).runs)
         assert sorted(remaining) == sorted([queued.id, a_runs[2].id, a_runs[3].id] + self.ids(b_runs))
         assert store.prune_runs(now=at(10), keep_per_job=2) == 0
+
+    def test_prune_runs_keep_per_job_counts_only_finished_runs(self, store):
+        # A run in flight is not one of the kept finished runs: ranking it
+        # would delete the newest finished run whenever a job is running.
+        jobs = self.seed(store, declaration("a"))
+        finished = [self.run(store, jobs["a"], at(m), "succeeded") for m in (1, 2)]
+        running = self.run(store, jobs["a"], at(3), "running")
+        queued = self.run(store, jobs["a"], at(4))
+
+        assert store.prune_runs(now=at(10), keep_per_job=1) == 1
+        assert sorted(self.ids(store.list_runs().runs)) == sorted(
+            [finished[1].id, running.id, queued.id])
+        assert store.prune_runs(now=at(10), keep_per_job=1) == 0
 
     def test_prune_runs_keep_zero_and_combined(self, store):
         jobs = self.seed(store, declaration("a"), declaration("b"))

@@ -397,8 +397,8 @@ def test_bad_host_calls_are_refused_and_nothing_changes(host, call, error, fragm
     refused(host, lambda: call(host), error, *fragments)
 
 
-@pytest.mark.parametrize("cursor", ["9" * 30 + ":x", "-" + "9" * 30 + ":x"])
-def test_a_cursor_with_a_huge_number_is_refused(host, cursor):
+@pytest.mark.parametrize("cursor", ["9" * 30 + ":x", "-" + "9" * 30 + ":x", "--5:x", "²:x"])
+def test_a_cursor_with_a_huge_or_malformed_number_is_refused(host, cursor):
     refused(host, lambda: host.runs(cursor=cursor), InvalidArgument, "cursor")
 
 
@@ -500,6 +500,7 @@ USAGE = [  # exit status 2, before any database is opened
 ]
 USAGE_AFTER_OPENING = [  # exit status 2, found by the command itself
     ["runs", "--cursor", "junk"], ["runs", "--cursor", SQLISH], ["runs", "--cursor", ""],
+    ["runs", "--cursor=--5:x"], ["runs", "--cursor", "²:x"],
 ]
 FAILURES = [  # exit status 1: one "pjcore: error:" line naming what is wrong
     (["jobs", "nope"], "unknown plugin 'nope'"),

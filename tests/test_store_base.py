@@ -5,6 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from pjcore import store_base
+from pjcore.exceptions import InvalidArgument
 from pjcore.store_base import duration_ms, from_micros, to_micros
 
 
@@ -35,3 +36,17 @@ def test_duration_is_whole_milliseconds_truncated_and_never_negative():
     assert duration_ms(start, from_micros(1_001_999)) == 1
     assert duration_ms(start, from_micros(999_000)) == 0
     assert duration_ms(None, start) is None
+
+
+@pytest.mark.parametrize("cursor", ["--5:x", "²:x", "٣:x", "+5:x", "5 :x"])
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_cursor_whose_number_is_not_ascii_digits_is_refused(kind, cursor, tmp_path):
+    from pjcore.contrib.memory import MemoryJobStore
+    from pjcore.contrib.peewee_store import PeeweeJobStore
+
+    store = MemoryJobStore() if kind == "memory" else PeeweeJobStore(f"sqlite:///{tmp_path}/c.db")
+    try:
+        with pytest.raises(InvalidArgument, match="malformed cursor"):
+            store.list_runs(cursor=cursor)
+    finally:
+        store.close()
