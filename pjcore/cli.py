@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo
 
-from pjcore.exceptions import InvalidArgument, PjError, PluginNotRunning
+from pjcore.exceptions import InvalidArgument, JobLookupError, PjError, PluginNotRunning
 from pjcore.hookspecs import hookimpl
 
 __all__ = ["main"]
@@ -310,6 +310,10 @@ def cmd_trigger(args: argparse.Namespace) -> int:
             if manifest is None:
                 raise PluginNotRunning(job.plugin_key, "is not installed here")
             plugin_id = job.plugin_id
+        # Loading writes the manifest's jobs: a mistyped job key must fail
+        # before it, not leave the plugin's jobs behind in the database.
+        if manifest.job(args.job) is None:
+            raise JobLookupError(args.job, plugin_id)
         host.load_plugin(plugin_id, manifest.key, manifest)
         job = host.job(plugin_id, args.job)
         run_id = host.trigger(plugin_id, args.job)

@@ -28,6 +28,8 @@ from pjcore.plugins import PluginManager, listeners, make_plugin_manager, notify
 __all__ = ["Host"]
 
 DEFAULT_DATABASE = "sqlite:///pjcore.db"
+#: the plugin name of a Host's coordinator on its plugin manager
+_COORDINATOR = "pjcore.coordinator"
 #: options the Host passes to each backend itself; the *_options may not repeat them
 _RESERVED = {
     "store": {"url"},
@@ -114,6 +116,11 @@ class Host:
         if isinstance(plugins, (str, bytes)) or not isinstance(plugins, Iterable):
             raise ConfigurationError(f"plugins must be a list of plugin objects or modules, "
                                      f"not {type(plugins).__name__}")
+        plugins = tuple(plugins)
+        if plugin_manager is not None and plugins:
+            # A manager given is used as it is: these plugins would never be registered.
+            raise ConfigurationError("pass plugins or plugin_manager, not both: register the "
+                                     "plugins on the plugin manager instead")
         if isinstance(database, str) and not database.strip():
             # only None means the default: "" is a mistake, not a request for ./pjcore.db
             raise ConfigurationError("the database URL is empty: expected a URL such as "
@@ -146,10 +153,15 @@ class Host:
             )
             self.coordinator = Coordinator(store=self.store, scheduler=self.scheduler,
                                            clock=self.clock)
+            if self.pm.has_plugin(_COORDINATOR):
+                # Its coordinator would sync plugins into the other Host's store.
+                raise ConfigurationError(
+                    "this plugin manager already belongs to another Host (it has a "
+                    f"{_COORDINATOR!r}); give each Host a plugin manager of its own")
+            self.pm.register(self.coordinator, name=_COORDINATOR)
         except BaseException:
             self.store.close()
             raise
-        self.pm.register(self.coordinator, name="pjcore.coordinator")
         self._started = False
         self._closed = False
 
@@ -222,7 +234,8 @@ class Host:
     def load_declared_plugins(self) -> list[str]:
         """Load every plugin that declares its manifest itself (plugin id = key).
 
-        A plugin whose manifest is invalid is logged and skipped; the others load.
+        A plugin whose manifest is invalid, or whose loading makes a
+        ``plugin_loaded`` hook raise, is logged and skipped; the others load.
         :return: the keys of the plugins loaded.
         """
         loaded = []
@@ -232,6 +245,14 @@ class Host:
             except PjError as exc:
                 logger.error("pjcore could not load plugin {plugin}: {error}",
                              plugin=manifest.key, error=exc)
+                continue
+            except Exception as exc:
+                # Any installed plugin's plugin_loaded hook runs here: its bug
+                # must not keep every other plugin (and `pjcore run`) from loading.
+                logger.opt(exception=exc).error(
+                    "pjcore could not load plugin {plugin}: a plugin_loaded hook raised "
+                    "{error_type}: {error}",
+                    plugin=manifest.key, error_type=type(exc).__name__, error=exc)
                 continue
             loaded.append(manifest.key)
         return loaded

@@ -75,16 +75,35 @@ class PluginManager(pluggy.PluginManager):
         # once after a registration would otherwise each run every hook
         self._registries_lock = threading.RLock()
 
-    # Registries are collected lazily and dropped whenever a plugin that
-    # implements their hook comes or goes, so a plugin registered after the
-    # build is seen as well; one that registers nothing there (an observer,
-    # the Host's coordinator) leaves them be.
+    # Registries are dropped whenever a plugin that implements their hook
+    # comes or goes, so a plugin registered after the build is seen as well;
+    # one that registers nothing there (an observer, the Host's coordinator)
+    # leaves them be.
     def register(self, plugin: Any, name: str | None = None) -> str | None:
+        """Register *plugin*, and run the registration hooks it implements now.
+
+        :raises RegistrationConflict: it registers a backend, job handler or
+            plugin key another plugin holds; it is then not registered.
+        """
         with self._registries_lock:
             try:
-                return super().register(plugin, name)
+                registered = super().register(plugin, name)
             finally:
-                self._drop_collected(self._hooks_of(plugin))
+                hooks = self._hooks_of(plugin)
+                self._drop_collected(hooks)
+            if registered is not None:
+                try:
+                    self._collect_hooks(hooks)
+                except BaseException as exc:
+                    # Refused here, where the caller can act on it: kept, it
+                    # would make every later lookup (each run's handler) raise.
+                    self.unregister(plugin)
+                    if isinstance(exc, RegistrationConflict) and exc.plugin != registered:
+                        # hooks run newest plugin first, so the clash surfaced
+                        # in the older plugin's call; the one refused is this one
+                        raise RegistrationConflict(str(exc), plugin=registered) from exc
+                    raise
+            return registered
 
     def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
         with self._registries_lock:
@@ -171,6 +190,15 @@ class PluginManager(pluggy.PluginManager):
         self.handlers
         self.manifests()
 
+    def _collect_hooks(self, hooks: set[str]) -> None:
+        """Collect the registries fed by *hooks*, raising what they raise. Under the lock."""
+        if "register_backends" in hooks:
+            self.backends
+        if "register_job_handlers" in hooks:
+            self.handlers
+        if "register_manifests" in hooks:
+            self._collected_manifests()
+
     def _collect(self, hook_name: str, register: Any) -> None:
         caller = getattr(self.hook, hook_name)
         # Called impl by impl so each registration is attributed to its plugin.
@@ -244,11 +272,11 @@ def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, Any]]:
 def load_entry_points(pm: PluginManager, *, strict: bool = False) -> None:
     """Register every ``pjcore`` entry point, each in isolation.
 
-    A distribution whose import raises, whose plugin implements a hook that
-    does not exist, fails validation, reuses a plugin name that is taken, or
-    raises or conflicts in a registration hook, is logged with its name and
-    error, recorded in ``pm.failures`` and skipped. With *strict*, it raises
-    PluginLoadError instead.
+    A distribution whose import raises (SystemExit included), whose plugin
+    implements a hook that does not exist, fails validation, reuses a plugin
+    name that is taken, or raises or conflicts in a registration hook, is
+    logged with its name and error, recorded in ``pm.failures`` and skipped.
+    With *strict*, it raises PluginLoadError instead.
     """
     allow = _names_from_env(ENV_LOAD)
     block = _names_from_env(ENV_BLOCK) or set()
@@ -279,7 +307,9 @@ def load_entry_points(pm: PluginManager, *, strict: bool = False) -> None:
             # Run its registration hooks now: the plugins registered before it
             # are known to be consistent, so a conflict here is this plugin's.
             pm._collect_registries()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
+            # SystemExit too: a plugin calling sys.exit() on import (a missing
+            # setting) must not end the host. KeyboardInterrupt is the user's.
             if plugin is not None:
                 _discard(pm, ep.name, plugin)
             failure = PluginFailure(
@@ -343,6 +373,8 @@ def make_plugin_manager(
     for plugin in plugins:
         try:
             pm.register(plugin)
+        except (RegistrationConflict, ManifestError):
+            raise  # about what it registers, and saying so: not a bad plugin object
         except (pluggy.PluginValidationError, ValueError) as exc:
             name = pm.get_canonical_name(plugin)
             raise PluginLoadError(

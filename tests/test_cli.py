@@ -469,6 +469,18 @@ def test_unknown_plugins_and_jobs_are_one_line_errors(ran, args, fragments):
     assert_one_line_error(ran(*args), *fragments)
 
 
+def test_triggering_an_undeclared_job_writes_nothing(site, tmp_path):
+    database = tmp_path / "fresh.db"
+    done = pjcore("trigger", "acme.reports", "rebuild-indx", "--database",
+                  f"sqlite:///{database}", cwd=tmp_path, env=plugin_env(site))
+    assert_one_line_error(done, "Job not found: rebuild-indx for plugin 'acme.reports'")
+    store = open_store(database)
+    try:
+        assert store.list_jobs() == []
+    finally:
+        store.close()
+
+
 def test_a_malformed_cursor_is_bad_usage(ran):
     done = ran("runs", "--cursor", "garbage")
     assert done.returncode == 2

@@ -300,6 +300,31 @@ class TestRegistries:
         pm.unregister(name="late_jobs")
         assert pm.handlers.find("late", "job") is None
 
+    @pytest.mark.parametrize("kind", ["handler", "backend", "manifest"])
+    def test_a_plugin_registered_after_the_build_that_conflicts_is_refused(self, kind):
+        manifest = {"key": "acme", "jobs": [{"job_key": "a", "display_name": "A"}]}
+
+        def declares(name):
+            return make_plugin(name, register_manifests=lambda register: register(manifest))
+
+        first, late, lookup = {
+            "handler": (handlers_plugin("first", ("acme", "a", print)),
+                        handlers_plugin("late", ("acme", "a", repr)),
+                        lambda pm: pm.handlers.get("acme", "a")),
+            "backend": (backends_plugin("first", "shared"), backends_plugin("late", "shared"),
+                        lambda pm: pm.backends.get("store", "shared").plugin),
+            "manifest": (declares("first"), declares("late"), lambda pm: pm.manifests()),
+        }[kind]
+        pm = build(first)
+        before = lookup(pm)
+        with pytest.raises(RegistrationConflict) as excinfo:
+            pm.register(late)
+        assert excinfo.value.plugin == "late"
+        assert "'first'" in str(excinfo.value) and "'late'" in str(excinfo.value)
+        assert not pm.is_registered(late) and pm.get_plugin("late") is None
+        # lookups go on working, with what was registered before
+        assert lookup(pm) == before
+
     def test_a_plugin_that_registers_nothing_keeps_the_registries(self):
         # an observer (or the Host's coordinator) coming or going must not
         # make the first run after it collect every handler again
@@ -485,6 +510,59 @@ class TestEntryPointIsolation:
         assert pm.get_plugin("bad_args") is None
         assert [i.plugin_name for i in pm.hook.run_finished.get_hookimpls()] == []
         assert pm.failures[0].error.startswith("PluginValidationError")
+
+
+def install_on_path(monkeypatch, site: Path, dist_name: str, ep_name: str, source: str) -> None:
+    """A real distribution in *site* (dist-info, entry point, module), on sys.path."""
+    module = f"{dist_name.replace('-', '_')}_plugin"
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{dist_name}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[pjcore]\n{ep_name} = {module}\n")
+
+
+class TestEntryPointsThatExit:
+    """sys.exit() at import (e.g. a missing setting) is the plugin's failure, not the host's."""
+
+    @pytest.fixture
+    def site(self, tmp_path, monkeypatch):
+        for var in ("PJCORE_BLOCK_PLUGINS", "PJCORE_STRICT_PLUGINS"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("PJCORE_LOAD_PLUGINS", "exits,fine")
+        install_on_path(monkeypatch, tmp_path, "pjcore-exits", "exits",
+                        "raise SystemExit('set ACME_TOKEN first')\n")
+        install_on_path(monkeypatch, tmp_path, "pjcore-fine", "fine", inspect.cleandoc("""
+            from pjcore import hookimpl
+
+            @hookimpl
+            def register_backends(register):
+                register("store", "fine", lambda **options: options)
+            """))
+        monkeypatch.syspath_prepend(str(tmp_path))
+        yield tmp_path
+        for module in ("pjcore_exits_plugin", "pjcore_fine_plugin"):
+            sys.modules.pop(module, None)
+
+    def test_an_entry_point_whose_import_exits_is_recorded_and_skipped(self, site):
+        pm = make_plugin_manager()
+        [failure] = pm.failures
+        assert (failure.name, failure.distribution, failure.version) == (
+            "exits", "pjcore-exits", "1.0")
+        assert failure.error == "SystemExit: set ACME_TOKEN first"
+        assert pm.get_plugin("exits") is None
+        # loading went on with the next entry point
+        assert pm.backends.get("store", "fine").plugin == "fine"
+
+    def test_an_entry_point_whose_import_exits_is_a_load_error_in_strict_mode(self, site):
+        with pytest.raises(PluginLoadError, match="set ACME_TOKEN first") as excinfo:
+            make_plugin_manager(strict=True)
+        assert excinfo.value.plugin == "exits"
+
+    def test_ctrl_c_during_an_import_is_not_swallowed(self, site):
+        (site / "pjcore_exits_plugin.py").write_text("raise KeyboardInterrupt\n")
+        with pytest.raises(KeyboardInterrupt):
+            make_plugin_manager()
 
 
 # -- entry points (real distributions, discovered in a subprocess) ------------------------
