@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -96,6 +97,27 @@ def _guarded(notify: Notify) -> Notify:
         except Exception:
             logger.exception("pjcore observer of {hook} raised; ignored", hook=hook_name)
     return call
+
+
+def _keep_leases(ref: "weakref.ref[ThreadScheduler]") -> None:
+    """The leases of a scheduler's runs in flight while no loop runs:
+    renewed every third of a lease (real time), and ends the store refused
+    retried, until no run is left or a loop takes over. Holds the scheduler
+    weakly while it sleeps: a scheduler dropped by its owner is not kept."""
+    while True:
+        scheduler = ref()
+        if scheduler is None:
+            return
+        pause = min(scheduler.lease_seconds / 3, RECORD_RETRY)
+        try:
+            if not scheduler._keep_leases_once():
+                return
+        except BaseException:
+            with scheduler._lock:
+                scheduler._keeper = None
+            raise
+        del scheduler
+        time.sleep(pause)
 
 
 def default_owner() -> str:
@@ -294,6 +316,8 @@ class ThreadScheduler(Scheduler):
         # callbacks: how deep the thread is in this scheduler's calls of a
         # handler or an observer (see in_callback)
         self._local = threading.local()
+        # renews leases while runs are in flight and no loop runs (see _admit)
+        self._keeper: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"ThreadScheduler(owner={self.owner!r}, max_concurrent={self.max_concurrent})"
@@ -868,6 +892,15 @@ class ThreadScheduler(Scheduler):
                 self._busy[job.id] = run.id
                 if self._renew_at is None:
                     self._renew_at = self.clock.now() + timedelta(seconds=self.lease_seconds / 3)
+                if self._thread is None and self._keeper is None:
+                    # Driven without its loop (``pjcore trigger``, ticks by
+                    # hand): the leases still need renewing, or any other
+                    # scheduler on the database would record the run
+                    # abandoned while its handler runs.
+                    self._keeper = threading.Thread(target=_keep_leases,
+                                                    args=(weakref.ref(self),),
+                                                    name="pjcore-leases", daemon=True)
+                    self._keeper.start()
             elif self._busy.get(job.id) == "":
                 del self._busy[job.id]
         if refusal is not None:
@@ -1036,11 +1069,12 @@ class ThreadScheduler(Scheduler):
         self._release(entry)
 
     def _write_end(self, entry: _InFlight, status: RunStatus, error: str | None,
-                   detail: str | None = None) -> None:
-        """Record the run's end. If the store refuses (outage), keep it for
-        :meth:`_flush_records`: the job stays busy and the run keeps its lease
-        until the end is recorded, so it is never lost nor recorded twice
-        (``complete_run`` never overwrites a terminal status)."""
+                   detail: str | None = None) -> bool:
+        """Record the run's end; whether it applied now. If the store refuses
+        (outage), keep it for :meth:`_flush_records`: the job stays busy and
+        the run keeps its lease until the end is recorded, so it is never lost
+        nor recorded twice (``complete_run`` never overwrites a terminal
+        status)."""
         now = self.clock.now()
         try:
             applied = self.store.complete_run(entry.run_id, status=status, now=now, error=error,
@@ -1053,11 +1087,12 @@ class ThreadScheduler(Scheduler):
                 entry.unrecorded = (status, error, detail, now)
                 self._unrecorded_seen = True
             self.wake()  # the loop retries it
-            return
+            return False
         except Exception:
             self._give_up_recording(entry)
-            return
+            return False
         self._recorded(entry, applied)
+        return applied
 
     def _give_up_recording(self, entry: _InFlight) -> None:
         # Not an outage (a store bug, a value it cannot take): retrying would
@@ -1256,24 +1291,27 @@ class ThreadScheduler(Scheduler):
                 self._recorded(entry, applied)
                 self._release(entry)
 
-    def _end(self, entry: _InFlight, status: RunStatus, error: str) -> None:
+    def _end(self, entry: _InFlight, status: RunStatus, error: str) -> bool:
         """Record a run terminal while its handler may still be running,
-        unless its end is decided already (see _finished)."""
+        unless its end is decided already (see _finished); whether the store
+        took this end now."""
         with self._lock:
             if entry.ended:
-                return
+                return False
             # The handler may return while the end is written: its release
             # then waits for the write, which decides the announcement (or
             # keeps the end for a retry if the store refuses it).
             entry.ended = entry.recording = True
         try:
-            # Record, then signal (see unregister_plugin).
-            self._write_end(entry, status, error)
+            # Record, then signal: a handler that sees the signal and returns
+            # at once must find its run ended, or its completion would win.
+            applied = self._write_end(entry, status, error)
         finally:
             with self._lock:
                 entry.recording = False
         entry.context.request_cancel(error)
         self._release(entry)  # if the handler returned meanwhile
+        return applied
 
     def _record(self, run_id: str, job: Job, status: RunStatus, error: str) -> None:
         """Record a run that never reached the runner."""
@@ -1343,6 +1381,21 @@ class ThreadScheduler(Scheduler):
             entry.context.request_cancel(run.error or f"run {run.status.value} elsewhere")
             logger.warning("pjcore run {run} of {job} was ended by another scheduler ({status})",
                            run=entry.run_id, job=entry.job.job_key, status=run.status.value)
+
+    def _keep_leases_once(self) -> bool:
+        """One turn of :func:`_keep_leases`; False once it is done."""
+        with self._lock:
+            if not self._inflight or self._thread is not None:
+                self._keeper = None  # a loop renews from now on, or nothing is left
+                return False
+        try:
+            self._flush_records()
+            with self._tick_lock:  # not while a tick by hand renews
+                self._renew(self.clock.now())
+        except Exception as exc:
+            logger.warning("pjcore could not renew the leases of runs in flight: {error}",
+                           error=exc)
+        return True
 
     def _reconcile(self, now: datetime, *, owner: str | None = None) -> None:
         """Record as abandoned the runs whose scheduler is gone; retry their

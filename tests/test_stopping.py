@@ -176,3 +176,43 @@ def test_stop_does_not_wait_past_its_timeout_for_a_round_held_up_by_the_store():
     finally:
         runner.stop(1)
         wait_for(lambda: not loops(), 5, "the loop to end")
+
+
+def test_a_run_started_without_the_loop_keeps_its_lease_while_its_handler_runs(tmp_path):
+    # `pjcore trigger` runs a job without the scheduler's loop. Its lease
+    # used to be renewed by the loop only: once it ran out, a scheduler
+    # sharing the database recorded the run abandoned while it still ran,
+    # and could start the job a second time.
+    from pjcore.contrib.peewee_store import PeeweeJobStore
+
+    url = f"sqlite:///{tmp_path}/shared.db"
+    cli_store, daemon_store = PeeweeJobStore(url), PeeweeJobStore(url)
+    release = threading.Event()
+    cli_runner, daemon_runner = ThreadRunner(max_workers=1), ThreadRunner(max_workers=1)
+    cli = ThreadScheduler(store=cli_store, runner=cli_runner, owner="cli", lease_seconds=0.6,
+                          resolve=lambda plugin_key, job_key: (lambda ctx: release.wait(10)))
+    daemon = ThreadScheduler(store=daemon_store, runner=daemon_runner, owner="daemon",
+                             lease_seconds=0.6, max_idle=0.1,
+                             resolve=lambda plugin_key, job_key: (lambda ctx: None))
+    try:
+        job_id = manual_job(cli_store)
+        cli.register_plugin(PLUGIN, KEY)
+        daemon.register_plugin(PLUGIN, KEY)
+        daemon.start()  # sweeps for expired leases every 0.2 s
+        run_id = cli.trigger(job_id)
+        time.sleep(2)  # more than three leases
+        assert cli_store.get_run(run_id).status is RunStatus.running
+        release.set()
+        wait_for(lambda: cli_store.get_run(run_id).status.terminal, 5, "the run's end")
+        assert cli_store.get_run(run_id).status is RunStatus.succeeded
+        wait_for(lambda: not [t for t in threading.enumerate()
+                              if t.name == "pjcore-leases" and t.is_alive()], 5,
+                 "the lease keeper to end with the run")
+    finally:
+        release.set()
+        daemon.stop(1)
+        cli.stop(1)
+        cli_runner.stop(1)
+        daemon_runner.stop(1)
+        cli_store.close()
+        daemon_store.close()
