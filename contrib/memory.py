@@ -407,6 +407,7 @@ class MemoryJobStore(BaseJobStore):
         reason: str,
         now: datetime,
         job_id: str | None = None,
+        owner: str | None = None,
     ) -> list[str]:
         now = as_aware_utc(now)
         with self._open():
@@ -415,6 +416,7 @@ class MemoryJobStore(BaseJobStore):
                 for r in self._runs.values()
                 if r.plugin_id == plugin_id
                 and (job_id is None or r.job_id == job_id)
+                and (owner is None or r.owner == owner)
                 and r.status in NON_TERMINAL
             ), key=_run_order)
             for run in victims:

@@ -1922,11 +1922,14 @@ class PeeweeJobStore(BaseJobStore):
         reason: str,
         now: datetime,
         job_id: str | None = None,
+        owner: str | None = None,
     ) -> list[str]:
         R = self._Run
         where = (R.plugin_id == plugin_id) & R.status.in_(_LIVE_SQL)
         if job_id is not None:
             where &= R.job == job_id
+        if owner is not None:
+            where &= R.owner == owner
         values = self._finish(_req(now), RunStatus.cancelled, reason)
         with self._write():
             query = self._lock(R.select(R.id).where(where).order_by(R.created_at, R.id))

@@ -249,6 +249,7 @@ class ThreadScheduler(Scheduler):
                     f"{name} must be a positive number of seconds, not {value!r}")
         self.store = store
         self._claims_start = _takes_keyword(store.claim_slots, "start")
+        self._cancels_by_owner = _takes_keyword(store.cancel_runs, "owner")
         self.runner = runner
         self.clock = clock or SystemClock()
         self.max_concurrent = max_concurrent
@@ -418,11 +419,20 @@ class ThreadScheduler(Scheduler):
             self._plugins.pop(plugin_id, None)  # from here on, nothing of it starts
             self._generation += 1
             entries = [e for e in self._inflight.values() if e.job.plugin_id == plugin_id]
+        # This scheduler's runs only: others sharing the database may still
+        # run the plugin (it was unloaded here because this process stops,
+        # say), and their runs are theirs to end.
+        if not self._cancels_by_owner:
+            # a store whose cancel_runs predates owner: ours, one by one
+            cancelled = [e.run_id for e in entries if self._end(e, RunStatus.cancelled, reason)]
+            self.wake()
+            return cancelled
         # Record first, signal second: a handler that sees the signal and
         # returns at once must find its run already cancelled, or its
         # completion would win. The job stays busy until the handler returns.
         try:
-            cancelled = self.store.cancel_runs(plugin_id, reason=reason, now=self.clock.now())
+            cancelled = self.store.cancel_runs(plugin_id, reason=reason, now=self.clock.now(),
+                                               owner=self.owner)
         finally:
             for entry in entries:
                 entry.context.request_cancel(reason)

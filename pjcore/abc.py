@@ -450,9 +450,11 @@ class JobStore(metaclass=ABCMeta):
         reason: str,
         now: datetime,
         job_id: str | None = None,
+        owner: str | None = None,
     ) -> list[str]:
         """Mark every ``queued``/``running`` run of the plugin (or of one of
-        its jobs) ``cancelled`` with *reason* as its error.
+        its jobs; with *owner*, only the runs leased to that scheduler)
+        ``cancelled`` with *reason* as its error.
 
         :return: the ids of the runs cancelled.
         """
@@ -595,8 +597,10 @@ class Scheduler(metaclass=ABCMeta):
 
     @abstractmethod
     def unregister_plugin(self, plugin_id: str, reason: str) -> list[str]:
-        """Start no new runs of the plugin; ask its runs in flight to stop and
-        record them ``cancelled`` with *reason*. Harmless for an unknown plugin.
+        """Start no new runs of the plugin; ask its runs in flight here to
+        stop and record them ``cancelled`` with *reason*. Runs of other
+        schedulers sharing the store are theirs to end. Harmless for an
+        unknown plugin.
 
         :return: ids of the runs cancelled.
         """

@@ -1245,6 +1245,15 @@ class JobStoreContract:
         assert store.get_run(foreign.id) == foreign
         assert store.cancel_runs("no-such-plugin", reason="r", now=at(2)) == []
 
+    def test_cancel_runs_of_one_owner(self, store):
+        jobs = self.seed(store, declaration("a"), declaration("b"))
+        mine = self.run(store, jobs["a"], at(1), owner="s1", lease_until=at(9))
+        theirs = self.run(store, jobs["b"], at(1), owner="s2", lease_until=at(9))
+        unowned = self.run(store, jobs["b"], at(2))
+        assert store.cancel_runs(PLUGIN, reason="r", now=at(3), owner="s1") == [mine.id]
+        assert store.get_run(theirs.id) == theirs and store.get_run(unowned.id) == unowned
+        assert store.cancel_runs(PLUGIN, reason="r", now=at(3), owner="s3") == []
+
     def test_cancel_runs_returns_each_id_once(self, store):
         jobs = self.seed(store, declaration("a"), declaration("b"))
         runs = [self.run(store, jobs[key], at(m), status)

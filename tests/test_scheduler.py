@@ -1395,6 +1395,32 @@ def test_a_job_stays_busy_after_unregister_until_its_handler_returns(memory_env)
     assert env.scheduler.tick() == 1
 
 
+def test_unregister_leaves_the_runs_of_other_schedulers_alone(tmp_path):
+    # A plugin unloaded by one process (it is stopping, say) still runs on
+    # the others sharing the database: their runs are theirs to end. The
+    # store's exclusivity check then still keeps a second run of the job out.
+    store = PeeweeJobStore(f"sqlite:///{tmp_path}/shared.db")
+    here, there = Env(store, owner="here"), Env(store, owner="there")
+    try:
+        here.load(decl("sync"))
+        there.scheduler.register_plugin(PLUGIN, KEY)
+        gate = there.handle("sync", Gate())
+        here.handle("sync", lambda ctx: None)
+        there.clock.set(hm(10, 45))
+        assert there.scheduler.tick() == 1
+        (run,) = there.runs()
+        there.wait_status(run.id, "running")
+        assert here.scheduler.unregister_plugin(PLUGIN, "Plugin unloaded") == []
+        assert there.run(run.id).status is RunStatus.running
+        assert gate.saw_cancel == [] and not gate.contexts[0].cancelled
+        gate.release.set()
+        there.settle()
+        assert there.run(run.id).status is RunStatus.succeeded
+    finally:
+        here.close()
+        there.close()
+
+
 def test_unregister_of_an_unknown_plugin_is_harmless(memory_env):
     env = memory_env()
     env.load(decl("sync"))
@@ -1845,21 +1871,38 @@ class HeldRunner(ThreadRunner):
         return super().submit(held, context)
 
 
-def test_a_started_run_whose_plugin_is_unregistered_before_its_worker_takes_it_never_calls_the_handler():
+@pytest.mark.parametrize("by_owner", [True, False], ids=["cancel_runs", "one by one"])
+def test_a_started_run_whose_plugin_is_unregistered_before_its_worker_takes_it_never_calls_the_handler(
+        by_owner):
     runner = HeldRunner(max_workers=2)
     handler = Gate()
     handler.release.set()
+
+    def let_the_worker_go():
+        runner.gate.set()
+        wait_for(lambda: handler.calls or runner.idle_workers() == 2, 5, "the worker")
 
     class LetTheWorkerGoFirst(MemoryJobStore):
         # the worker goes on after the store cancelled the run but before
         # the scheduler signals it: the window the scheduler must close
         def cancel_runs(self, *args, **kwargs):
             cancelled = super().cancel_runs(*args, **kwargs)
-            runner.gate.set()
-            wait_for(lambda: handler.calls or runner.idle_workers() == 2, 5, "the worker")
+            let_the_worker_go()
             return cancelled
 
-    env = Env(LetTheWorkerGoFirst(), runner=runner)
+    class WithoutOwners(MemoryJobStore):
+        # a store whose cancel_runs predates its owner argument: the
+        # scheduler cancels its runs one by one, through complete_run
+        def cancel_runs(self, plugin_id, *, reason, now, job_id=None):
+            raise AssertionError("a store without owners is never asked to cancel them all")
+
+        def complete_run(self, run_id, **kwargs):
+            applied = super().complete_run(run_id, **kwargs)
+            if kwargs.get("status") is RunStatus.cancelled:
+                let_the_worker_go()
+            return applied
+
+    env = Env(LetTheWorkerGoFirst() if by_owner else WithoutOwners(), runner=runner)
     try:
         env.load(decl("sync"))
         env.handle("sync", handler)
