@@ -817,6 +817,10 @@ class ThreadScheduler(Scheduler):
             return False
         if run.status is RunStatus.running:  # an orphan a claim recorded running
             self._started(entry, run.started_at, run.lease_until)
+            if entry.timeout:
+                # its handler starts now, maybe long after the claim (an
+                # outage): the timeout counts from now, not from the claim
+                entry.deadline = self.clock.now() + timedelta(seconds=entry.timeout)
         with self._submit_lock:
             self._submit(entry)
         return True

@@ -1973,6 +1973,40 @@ def test_a_run_a_failed_claim_left_running_is_adopted_and_run_once():
         env.close()
 
 
+def test_an_adopted_run_times_out_from_its_start_not_from_the_failed_claim():
+    class CommitsThenFails(MemoryJobStore):
+        fail = False
+
+        def claim_slots(self, claims, *, start=0):
+            done = super().claim_slots(claims, start=start)
+            if self.fail:
+                self.fail = False
+                raise StoreError("connection lost at commit")
+            return done
+
+    env = Env(CommitsThenFails(), default_timeout=300)
+    try:
+        env.load(decl("sync"))
+        handler = env.handle("sync", Gate())
+        env.clock.set(hm(10, 45))
+        env.store.fail = True
+        with pytest.raises(StoreError):
+            env.scheduler.tick()
+        (run,) = env.runs()
+        env.clock.set(hm(10, 51))  # back after 6 minutes: more than the timeout
+        env.scheduler.tick()
+        wait_for(lambda: handler.calls == 1, 5, "the adopted run's handler")
+        env.clock.advance(1)
+        env.scheduler.tick()
+        assert env.run(run.id).status is RunStatus.running  # 1 s of its 300
+        env.clock.advance(300)
+        env.scheduler.tick()
+        assert env.run(run.id).error == "timed out after 300s"
+    finally:
+        handler.release.set()
+        env.close()
+
+
 def test_a_run_whose_end_was_given_up_is_never_adopted():
     class Troubled(MemoryJobStore):
         fail_complete = fail_due = False
