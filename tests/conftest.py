@@ -15,6 +15,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from loguru import logger
 
 # must run before pjcore.testing is imported, for readable assertion failures
 pytest.register_assert_rewrite("pjcore.testing")
@@ -106,3 +107,16 @@ def store(request, tmp_path) -> Iterator[Any]:
     else:
         with make_postgres_store(request.getfixturevalue("postgres_url")) as store:
             yield store
+
+
+@pytest.fixture
+def pjcore_logs():
+    """What pjcore logs during the test (loguru), with logging switched back off after."""
+    messages: list = []
+    logger.enable("pjcore")
+    handler_id = logger.add(messages.append, format="{message}", level="DEBUG")
+    try:
+        yield messages
+    finally:
+        logger.remove(handler_id)
+        logger.disable("pjcore")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from loguru import logger
 
 from pjcore import Host, ManualClock, hookimpl
 from pjcore.contrib.memory import MemoryJobStore
@@ -54,19 +53,6 @@ def test_runs_are_recorded_with_and_without_observers(tmp_path):
                 assert observers[0].finished == [("succeeded", "sync")]
         finally:
             host.stop()
-
-
-@pytest.fixture
-def pjcore_logs():
-    """What pjcore logs during the test (loguru), with logging switched back off after."""
-    messages: list = []
-    logger.enable("pjcore")
-    handler_id = logger.add(messages.append, format="{message}", level="DEBUG")
-    try:
-        yield messages
-    finally:
-        logger.remove(handler_id)
-        logger.disable("pjcore")
 
 
 def test_a_plugin_loaded_hook_that_raises_skips_that_plugin_only(pjcore_logs):

@@ -18,7 +18,6 @@ import attrs
 import pluggy
 import pytest
 from pjtest import can_build_offline
-from loguru import logger
 
 import pjcore
 import pjcore.contrib.defaults
@@ -84,19 +83,6 @@ def handlers_plugin(name: str, *jobs: tuple[str, str, Callable[..., Any]]) -> ty
 def build(*plugins: Any) -> PluginManager:
     # Entry points are not loaded: whatever is installed must not leak in.
     return make_plugin_manager(load_entrypoints=False, plugins=plugins)
-
-
-@pytest.fixture
-def pjcore_logs():
-    """What pjcore logs during the test (loguru), with logging switched back off after."""
-    messages: list[Any] = []
-    logger.enable("pjcore")
-    handler_id = logger.add(messages.append, format="{message}", level="DEBUG")
-    try:
-        yield messages
-    finally:
-        logger.remove(handler_id)
-        logger.disable("pjcore")
 
 
 # -- specs ------------------------------------------------------------------------

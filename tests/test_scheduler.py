@@ -1791,21 +1791,28 @@ def test_announced_ends_are_the_runs_as_stored(env_factory, zone):
         assert [getattr(run, f) for f in fields] == [getattr(stored, f) for f in fields]
 
 
-def test_a_raising_notify_leaves_no_run_holding_a_place():
-    # A notify callable passed straight to the scheduler is not wrapped like
-    # the Host's: if it raises while the loop announces a round's ends, the
-    # runs must still leave the in-flight table (and free their places).
+def with_a_raising_observer(max_concurrent: int) -> tuple[MemoryJobStore, ManualClock,
+                                                         ThreadRunner, ThreadScheduler]:
+    """A scheduler of no-op handlers whose notify callable (passed straight
+    to it, not wrapped like the Host's) raises for every run_finished."""
     store = MemoryJobStore()
     clock = ManualClock(T0)
-    runner = ThreadRunner(max_workers=3)
+    runner = ThreadRunner(max_workers=max_concurrent)
 
     def notify(name, run, job):
         if name == "run_finished":
             raise RuntimeError("observer down")
 
     scheduler = ThreadScheduler(store=store, runner=runner, clock=clock, notify=notify,
-                                max_concurrent=3,
+                                max_concurrent=max_concurrent,
                                 resolve=lambda plugin_key, job_key: (lambda ctx: None))
+    return store, clock, runner, scheduler
+
+
+def test_a_raising_notify_leaves_no_run_holding_a_place():
+    # If it raises while the loop announces a round's ends, the runs must
+    # still leave the in-flight table (and free their places).
+    store, clock, runner, scheduler = with_a_raising_observer(3)
     try:
         store.sync_jobs(PLUGIN, KEY, [decl(f"j{i}", "* * * * *") for i in range(3)],
                         now=clock.now())
@@ -1826,17 +1833,7 @@ def test_a_raising_notify_frees_the_place_of_a_run_ended_off_the_loop():
     # Ticks by hand: the worker records and releases its own run. An
     # observer that raised there used to keep the run in flight for good,
     # so a scheduler capped at one never started anything again.
-    store = MemoryJobStore()
-    clock = ManualClock(T0)
-    runner = ThreadRunner(max_workers=1)
-
-    def notify(name, run, job):
-        if name == "run_finished":
-            raise RuntimeError("observer down")
-
-    scheduler = ThreadScheduler(store=store, runner=runner, clock=clock, notify=notify,
-                                max_concurrent=1,
-                                resolve=lambda plugin_key, job_key: (lambda ctx: None))
+    store, clock, runner, scheduler = with_a_raising_observer(1)
     try:
         store.sync_jobs(PLUGIN, KEY, [decl("j", "* * * * *")], now=clock.now())
         scheduler.register_plugin(PLUGIN, KEY)
