@@ -88,14 +88,18 @@ MAX_BACKOFF = 30.0
 RECORD_RETRY = 1.0
 
 
-def _guarded(notify: Notify) -> Notify:
-    """*notify*, its exceptions logged: an observer's failure must not leave a
-    run's place taken or a sweep's follow-ups undone."""
+def _guarded(notify: Notify, local: threading.local) -> Notify:
+    """*notify*, its exceptions logged (an observer's failure must not leave
+    a run's place taken or a sweep's follow-ups undone), and counted in
+    *local* as a callback while it runs, on whatever thread announces."""
     def call(hook_name: str, **kwargs: Any) -> None:
+        local.callbacks = getattr(local, "callbacks", 0) + 1
         try:
             notify(hook_name, **kwargs)
         except Exception:
             logger.exception("pjcore observer of {hook} raised; ignored", hook=hook_name)
+        finally:
+            local.callbacks -= 1
     return call
 
 
@@ -259,7 +263,10 @@ class ThreadScheduler(Scheduler):
         self.owner = owner or default_owner()
         self._spread_seed = zlib.crc32(f"{self.owner}/".encode())
         self._resolve = resolve
-        self._notify = _guarded(notify) if notify else (lambda *a, **k: None)
+        # callbacks: how deep the thread is in this scheduler's calls of a
+        # handler or an observer (see in_callback)
+        self._local = threading.local()
+        self._notify = _guarded(notify, self._local) if notify else (lambda *a, **k: None)
         # ``notify.has_listeners(hook_name)``, when the callable offers it,
         # tells whether anyone listens: nobody listening, nothing is read
         # back from the store for an announcement
@@ -283,6 +290,7 @@ class ThreadScheduler(Scheduler):
         self._thread: threading.Thread | None = None
         self._loop_ident: int | None = None  # thread id of the loop
         self._stopping = False
+        self._joined = False  # stop() is done waiting for the loop
         self._tick_count = 0
         self._last_tick_at: datetime | None = None
         self._next_wake_at: datetime | None = None
@@ -314,9 +322,6 @@ class ThreadScheduler(Scheduler):
         # submitting thread, and an observer may trigger a run from there
         # (it freed its worker first, so the count still holds).
         self._submit_lock = threading.RLock()
-        # callbacks: how deep the thread is in this scheduler's calls of a
-        # handler or an observer (see in_callback)
-        self._local = threading.local()
         # renews leases while runs are in flight and no loop runs (see _admit)
         self._keeper: threading.Thread | None = None
 
@@ -330,6 +335,7 @@ class ThreadScheduler(Scheduler):
             if self._thread is not None:
                 return
             self._stopping = False
+            self._joined = False
             reclaim = not self._inflight
         if reclaim:
             # Before the loop exists and before start() returns, so a run
@@ -377,6 +383,10 @@ class ThreadScheduler(Scheduler):
             if thread.is_alive():
                 logger.warning("pjcore scheduler loop is still in a round (a store call?) "
                                "as it stops")
+        with self._lock:
+            # from here on even the loop's last claims are refused (recorded
+            # cancelled): stop() no longer waits for the loop
+            self._joined = True
         # Wait for the entries to leave _inflight, not for the runner's
         # futures: a future is done before its callback has recorded the
         # outcome, and a run must not be called "shutdown" after it succeeded.
@@ -458,16 +468,19 @@ class ThreadScheduler(Scheduler):
             self._wake.set()
 
     def _loop(self) -> None:
-        self._loop_ident = threading.get_ident()
+        ident = self._loop_ident = threading.get_ident()
         try:
             self._loop_rounds()
         finally:
-            # a later thread may get the same ident
-            self._loop_ident = None
+            # a later thread may get the same ident; a later loop has its own
+            if self._loop_ident == ident:
+                self._loop_ident = None
 
     def _loop_rounds(self) -> None:
         last_failure: tuple | None = None
-        while not self._stopping:
+        me = threading.current_thread()
+        # a loop that a stop() gave up waiting for ends, even if start() runs anew
+        while not self._stopping and self._thread is me:
             self._wake.clear()  # before the tick, so a wake() during it is kept
             wake_at: datetime | None = None
             try:
@@ -898,7 +911,8 @@ class ThreadScheduler(Scheduler):
             # stop either see this entry or make us refuse it. A slot the loop
             # claimed as stop() began still runs: stop() joins the loop before
             # it drains, so it waits for this run like any other.
-            stopping = self._stopping and threading.get_ident() != self._loop_ident
+            stopping = self._stopping and (threading.get_ident() != self._loop_ident
+                                           or self._joined)
             refusal = ("shutdown" if stopping
                        else UNREGISTERED if job.plugin_id not in self._plugins else None)
             if refusal is None:

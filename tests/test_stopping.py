@@ -216,3 +216,80 @@ def test_a_run_started_without_the_loop_keeps_its_lease_while_its_handler_runs(t
         daemon_runner.stop(1)
         cli_store.close()
         daemon_store.close()
+
+
+def test_an_observer_of_an_end_recorded_on_retry_can_stop_its_scheduler():
+    # The end the store refused once is recorded by the next round, which
+    # holds the record lock while it announces: an observer stopping the
+    # scheduler there (any thread that announces, not only the loop's) used
+    # to wait for that lock, on its own thread, forever.
+    from pjcore.exceptions import StoreError
+
+    class RefusesOnce(MemoryJobStore):
+        refused = False
+
+        def complete_run(self, run_id, **kwargs):
+            if not self.refused:
+                self.refused = True
+                raise StoreError("database is locked")
+            return super().complete_run(run_id, **kwargs)
+
+    store = RefusesOnce()
+    runner = ThreadRunner(max_workers=1)
+    stopped = threading.Event()
+
+    def notify(name, run, job):
+        if name == "run_finished":
+            scheduler.stop(timeout=None)
+            stopped.set()
+
+    scheduler = ThreadScheduler(store=store, runner=runner, notify=notify, clock=ManualClock(),
+                                resolve=lambda plugin_key, job_key: (lambda ctx: None))
+    try:
+        job_id = manual_job(store)
+        scheduler.register_plugin(PLUGIN, KEY)
+        run_id = scheduler.trigger(job_id)
+        wait_for(lambda: store.refused, 5, "the refused end")
+        ticking = threading.Thread(target=scheduler.tick, daemon=True)
+        ticking.start()  # its round records the end and announces it
+        ticking.join(5)
+        assert not ticking.is_alive(), "the round announcing the end hangs"
+        assert stopped.is_set()
+        wait_for(lambda: not loops(), 5, "the stop to end")
+        assert store.get_run(run_id).status is RunStatus.succeeded
+    finally:
+        runner.stop(1)
+
+
+def test_a_loop_that_stop_gave_up_waiting_for_starts_nothing_more():
+    # stop(timeout) returns while the loop is still in a claim that then
+    # commits: that run is recorded cancelled, not started behind the stop.
+    class SlowClaims(MemoryJobStore):
+        claiming = threading.Event()
+
+        def claim_slots(self, claims, **kwargs):
+            self.claiming.set()
+            time.sleep(1.0)
+            return super().claim_slots(claims, **kwargs)
+
+    store = SlowClaims()
+    runner = ThreadRunner(max_workers=1)
+    called = []
+    clock = ManualClock(datetime(2026, 1, 15, 10, 30, tzinfo=UTC))
+    scheduler = ThreadScheduler(store=store, runner=runner, clock=clock,
+                                resolve=lambda plugin_key, job_key: called.append)
+    try:
+        store.sync_jobs(PLUGIN, KEY, [JobDeclaration(job_key="j", display_name="J",
+                                                     schedule="*/15 * * * *")], now=clock.now())
+        scheduler.register_plugin(PLUGIN, KEY)
+        clock.set(datetime(2026, 1, 15, 10, 45, tzinfo=UTC))
+        scheduler.start()
+        assert store.claiming.wait(5)
+        scheduler.stop(timeout=0.2)
+        wait_for(lambda: not loops(), 5, "the loop to end")
+        time.sleep(0.2)
+        assert called == []
+        (run,) = store.list_runs(plugin_id=PLUGIN).runs
+        assert (run.status, run.error) == (RunStatus.cancelled, "shutdown")
+    finally:
+        runner.stop(1)
