@@ -1105,18 +1105,18 @@ class PeeweeJobStore(BaseJobStore):
         pipelines an ``executemany`` by itself.)"""
         if not rows:
             return
-        cursor = self._db.cursor()
         # by the connection itself: peewee may use psycopg 3 even where
         # psycopg2 is installed (prefer_psycopg3)
-        if not (self._pg and psycopg2 is not None
-                and isinstance(cursor, psycopg2.extensions.cursor)):
-            self._exec_many(stmt, rows)
-            return
-        from psycopg2.extras import execute_batch
+        if self._pg and psycopg2 is not None:
+            cursor = self._db.cursor()
+            if isinstance(cursor, psycopg2.extensions.cursor):
+                from psycopg2.extras import execute_batch
 
-        with pw.__exception_wrapper__:
-            execute_batch(cursor, stmt.sql, [stmt.params(r) for r in rows],
-                          page_size=_ROWS_PER_PAGE)
+                with pw.__exception_wrapper__:
+                    execute_batch(cursor, stmt.sql, [stmt.params(r) for r in rows],
+                                  page_size=_ROWS_PER_PAGE)
+                return
+        self._exec_many(stmt, rows)
 
     def _lock(self, query: pw.Select) -> pw.Select:
         return query.for_update() if self._pg else query

@@ -93,14 +93,22 @@ def _guarded(notify: Notify, local: threading.local) -> Notify:
     a run's place taken or a sweep's follow-ups undone), and counted in
     *local* as a callback while it runs, on whatever thread announces."""
     def call(hook_name: str, **kwargs: Any) -> None:
-        local.callbacks = getattr(local, "callbacks", 0) + 1
         try:
-            notify(hook_name, **kwargs)
+            _as_callback(local, notify, hook_name, **kwargs)
         except Exception:
             logger.exception("pjcore observer of {hook} raised; ignored", hook=hook_name)
-        finally:
-            local.callbacks -= 1
     return call
+
+
+def _as_callback(local: threading.local, function: Callable[..., Any], *args: Any,
+                 **kwargs: Any) -> Any:
+    """``function(*args, **kwargs)``, counted in *local* as one of the
+    scheduler's callbacks on this thread while it runs (see in_callback)."""
+    local.callbacks = getattr(local, "callbacks", 0) + 1
+    try:
+        return function(*args, **kwargs)
+    finally:
+        local.callbacks -= 1
 
 
 def _keep_leases(ref: "weakref.ref[ThreadScheduler]") -> None:
@@ -950,21 +958,16 @@ class ThreadScheduler(Scheduler):
     def _submit(self, entry: _InFlight) -> None:
         try:
             # the outcome comes to _finished without a future (Runner.call)
-            self.runner.call(lambda ctx: self._execute(entry, ctx), entry.context,
-                             lambda outcome: self._finished(entry, outcome))
+            local = self._local
+            self.runner.call(lambda ctx: _as_callback(local, self._execute, entry, ctx),
+                             entry.context,
+                             lambda outcome: _as_callback(local, self._finished, entry, outcome))
         except Exception as exc:  # a runner must not raise; never leave the job busy forever
             logger.opt(exception=exc).error("pjcore runner refused run {run}", run=entry.run_id)
-            self._finished(entry, Outcome("failed", f"runner error: {exc!r}"))
+            _as_callback(self._local, self._finished, entry,
+                         Outcome("failed", f"runner error: {exc!r}"))
 
     def _execute(self, entry: _InFlight, context: JobContext) -> Any:
-        local = self._local
-        local.callbacks = getattr(local, "callbacks", 0) + 1
-        try:
-            return self._call_handler(entry, context)
-        finally:
-            local.callbacks -= 1
-
-    def _call_handler(self, entry: _InFlight, context: JobContext) -> Any:
         """Runs in the worker: start the run (unless the loop did), then the handler."""
         started = None
         if entry.started_at is None:
@@ -1057,14 +1060,6 @@ class ThreadScheduler(Scheduler):
                              job=job.job_key)
 
     def _finished(self, entry: _InFlight, outcome: Outcome) -> None:
-        local = self._local
-        local.callbacks = getattr(local, "callbacks", 0) + 1
-        try:
-            self._end_of_call(entry, outcome)
-        finally:
-            local.callbacks -= 1
-
-    def _end_of_call(self, entry: _InFlight, outcome: Outcome) -> None:
         """A handler's *outcome*, on its worker: decided, queued for the loop
         or recorded here, and the job released."""
         kind = outcome.status if isinstance(outcome, Outcome) else None
